@@ -1,0 +1,163 @@
+"""Dispatch against multiprocessing.Pool.imap and ProcessPoolExecutor.map.
+
+Same batches, same worker count (2), measured side by side in one run; the
+median of several repeats. Run: ``.venv/bin/python bench/bench_dispatch.py``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from _util import median_time, target  # noqa: E402
+
+import slither  # noqa: E402
+
+WORKERS = 2
+
+
+def tiny(xs):
+    return [x * 1.5 + 2.0 for x in xs]
+
+
+def busy_2ms(xs):
+    t_end = time.perf_counter() + 0.002
+    acc = 0
+    while time.perf_counter() < t_end:
+        acc += 1
+    return [x for x in xs]
+
+
+def echo(xs):
+    return xs
+
+
+def chunks(n_items, size):
+    data = list(range(n_items))
+    return [data[i : i + size] for i in range(0, n_items, size)]
+
+
+def run_pool(pool, batches, fn):
+    return sum(len(r) for r in pool.imap(fn, batches))
+
+
+def run_ppe(ex, batches, fn):
+    return sum(len(r) for r in ex.map(fn, batches))
+
+
+def run_slither(rt, items, fn, batch, window=8):
+    return len(rt.dispatch(items, fn, batch_size=batch, max_in_flight=window))
+
+
+def compare(label, rt, pool, ex, items, batch, fn, repeats=5, window=8):
+    batches = [items[i : i + batch] for i in range(0, len(items), batch)]
+    t_pool = median_time(lambda: run_pool(pool, batches, fn), repeats)
+    t_ppe = median_time(lambda: run_ppe(ex, batches, fn), repeats)
+    t_sl = median_time(lambda: run_slither(rt, items, fn, batch, window), repeats)
+    n = len(batches)
+    print(
+        f"{label}: {n} batches of {batch}; batches/s  Pool.imap {n / t_pool:,.0f}  ProcessPoolExecutor {n / t_ppe:,.0f}"
+        f"  slither {n / t_sl:,.0f}  (slither/Pool {t_pool / t_sl:.2f}×, slither/PPE {t_ppe / t_sl:.2f}×)",
+        flush=True,
+    )
+    return t_pool / t_sl
+
+
+def kill_recovery(rt, n=20):
+    """Median time from SIGKILL of a busy worker to its batch's result under Retry."""
+    lat = []
+    for _ in range(n):
+        from slither.testing import Rendezvous
+
+        with Rendezvous() as rv:
+            marker = f"/tmp/slither-bench-kill-{os.getpid()}-{time.monotonic_ns()}"
+
+            def fn(xs, rv=rv, marker=marker):
+                if not os.path.exists(marker):
+                    open(marker, "w").close()
+                    rv.arrive(os.getpid(), wait=True)
+                return xs
+
+            import threading
+
+            done = {}
+
+            def go(done=done):
+                done["out"] = rt.dispatch([1], fn, on_error=slither.Retry(3, backoff=0))
+                done["t"] = time.perf_counter()
+
+            th = threading.Thread(target=go)
+            th.start()
+            pid = rv.wait(timeout=30)
+            t0 = time.perf_counter()
+            os.kill(pid, signal.SIGKILL)
+            th.join(30)
+            lat.append(done["t"] - t0)
+            os.unlink(marker)
+    return statistics.median(lat)
+
+
+def stream_memory(rt, n):
+    def rss_mb():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    before = rss_mb()
+    peak = before
+    count = 0
+    for count, _ in enumerate(rt.dispatch_stream(range(n), echo, batch_size=1000, max_in_flight=8), 1):
+        if count % 200_000 == 0:
+            peak = max(peak, rss_mb())
+    return count, peak - before
+
+
+def main():
+    quick = "--quick" in sys.argv
+    ctx = mp.get_context("fork")
+    lines = []
+    t0 = time.perf_counter()
+    rt = slither.Runtime(pools={"default": slither.PoolSpec(size=WORKERS, max_restarts=100, max_seconds=1.0)}).start()
+    rt.dispatch([1], echo)
+    t_first = time.perf_counter() - t0
+    with ctx.Pool(WORKERS) as pool, ProcessPoolExecutor(WORKERS, mp_context=ctx) as ex:
+        r_tiny = compare("tiny work", rt, pool, ex, list(range(64 * (500 if quick else 3000))), 64, tiny)
+        lines.append(target("tiny work, batch 64, max_in_flight 8: dispatch / Pool.imap", r_tiny, 1.0))
+        r_busy = compare("2 ms batches", rt, pool, ex, list(range(64 * (100 if quick else 400))), 64, busy_2ms, repeats=3)
+        lines.append(target("~2 ms batches: dispatch / Pool.imap", r_busy, 0.95))
+        import numpy as np
+
+        arrays = [np.random.rand(131072) for _ in range(50 if quick else 200)]  # 1 MB each
+        r_np = compare("1 MB numpy arrays", rt, pool, ex, arrays, 1, echo, repeats=3, window=4)
+        lines.append(target("1 MB numpy array batches: dispatch / Pool.imap", r_np, 0.8))
+        blobs = [os.urandom(1 << 20) for _ in range(50 if quick else 200)]
+        r_bytes = compare("1 MB bytes", rt, pool, ex, blobs, 1, echo, repeats=3, window=4)
+        lines.append(target("1 MB bytes batches: dispatch / Pool.imap", r_bytes, 0.8))
+    rec = kill_recovery(rt, 5 if quick else 20)
+    lines.append(
+        target("SIGKILLed worker: batch re-run and result back (median, ms)", rec * 1000, 100, higher_is_better=False, unit=" ms")
+    )
+    n = 1_000_000 if quick else 10_000_000
+    count, grew = stream_memory(rt, n)
+    lines.append(target(f"dispatch_stream over {count:,} items: RSS growth (MB)", grew, 50, higher_is_better=False, unit=" MB"))
+    t0 = time.perf_counter()
+    rt.shutdown()
+    t_down = time.perf_counter() - t0
+    lines.append(target("runtime start to first result (s)", t_first, 1.0, higher_is_better=False, unit=" s"))
+    lines.append(target("shutdown (s)", t_down, 1.0, higher_is_better=False, unit=" s"))
+    print("\nSUMMARY")
+    for line in lines:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,693 @@
+"""Batched fan-out to a pool of worker processes, with real backpressure.
+
+How a dispatch travels::
+
+    items (lazy) ─▶ strategy.batches() ─▶ [window: at most max_in_flight batches
+                                           taken from the input and not yet
+                                           handed back to the caller]
+                      │ pickle once per batch (SerializationError names the item)
+                      ▼
+                  Pool.submit ─▶ worker ─▶ reply ─▶ this thread's queue
+                      ▲                              │
+                      └── Retry (backoff timer) ◀────┤ failure → on_error
+                                                     ▼
+                          ordering: "preserve" (a finished batch waiting for an
+                          earlier one still holds its window slot) or "as_completed"
+
+Tunables and their trade-offs:
+
+* ``batch_size`` (FixedBatch): larger batches amortise the per-batch cost
+  (~tens of µs here) but coarsen load balancing, retries and timeouts.
+* ``max_in_flight``: how much input is read ahead. It bounds memory; it
+  should be at least ``2 × workers`` to keep every worker fed.
+* ``timeout``: per batch, counted from when the batch starts on a worker.
+  A late batch's worker is SIGKILLed and replaced.
+* ``on_error``: "halt" | "skip" | ``Retry(...)`` | ``Route(fn)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import importlib.util
+import itertools
+import pickle
+import queue
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+import cloudpickle
+
+from slither import _wire, telemetry
+from slither._item import Context, Item, _make
+from slither._pool import Task, new_ref
+from slither.errors import (
+    BadBatchResult,
+    BatchFailure,
+    ConfigurationError,
+    DispatchError,
+    PoolDown,
+    SerializationError,
+    WorkerError,
+)
+
+# -- strategies -------------------------------------------------------------
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """Splits an iterable of Items into batches (lists of Items)."""
+
+    def batches(self, items: Iterable[Item]) -> Iterator[list[Item]]: ...
+
+
+def _check_positive(owner: str, name: str, value) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ConfigurationError(f"{owner}: {name} must be a positive number, got {value!r}")
+
+
+@attrs.frozen
+class FixedBatch:
+    """Consecutive chunks of ``size`` items (the last may be shorter). Streams."""
+
+    size: int = 64
+
+    def __attrs_post_init__(self):
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
+            raise ConfigurationError(f"FixedBatch: size must be a positive int, got {self.size!r}")
+
+    def batches(self, items: Iterable[Item]) -> Iterator[list[Item]]:
+        it = iter(items)
+        while True:
+            chunk = list(itertools.islice(it, self.size))
+            if not chunk:
+                return
+            yield chunk
+
+
+@attrs.frozen
+class WeightedBatch:
+    """Batches whose summed ``weight_fn(item)`` stays within ``max_weight``.
+
+    An item heavier than ``max_weight`` travels alone. Streams.
+    """
+
+    max_weight: float
+    weight_fn: Callable[[Item], float] = attrs.field(default=lambda item: 1)
+
+    def __attrs_post_init__(self):
+        _check_positive("WeightedBatch", "max_weight", self.max_weight)
+        if not callable(self.weight_fn):
+            raise ConfigurationError(f"WeightedBatch: weight_fn must be callable, got {self.weight_fn!r}")
+
+    def batches(self, items: Iterable[Item]) -> Iterator[list[Item]]:
+        batch: list[Item] = []
+        total = 0.0
+        for item in items:
+            w = self.weight_fn(item)
+            if not isinstance(w, (int, float)) or w < 0:
+                raise ConfigurationError(f"WeightedBatch: weight_fn returned {w!r} for item {item.id!r}; expected a number >= 0")
+            if batch and total + w > self.max_weight:
+                yield batch
+                batch, total = [], 0.0
+            batch.append(item)
+            total += w
+        if batch:
+            yield batch
+
+
+@attrs.frozen
+class KeyPartition:
+    """One batch per distinct ``key_fn(item)``, in key order.
+
+    Reads the whole input first (it must, to group it). Keys that cannot be
+    ordered keep their first-seen order.
+    """
+
+    key_fn: Callable[[Item], Any]
+
+    def __attrs_post_init__(self):
+        if not callable(self.key_fn):
+            raise ConfigurationError(f"KeyPartition: key_fn must be callable, got {self.key_fn!r}")
+
+    def batches(self, items: Iterable[Item]) -> Iterator[list[Item]]:
+        groups: dict[Any, list[Item]] = {}
+        for item in items:
+            groups.setdefault(self.key_fn(item), []).append(item)
+        keys = list(groups)
+        try:
+            keys.sort()
+        except TypeError:
+            pass
+        for k in keys:
+            yield groups[k]
+
+
+class _Single:
+    def __init__(self, batch):
+        self.batch = batch
+
+    def batches(self, items):
+        batch = list(items)
+        if batch:
+            yield batch
+
+
+# -- error policies -----------------------------------------------------------
+
+
+@attrs.frozen
+class Route:
+    """On failure, replace each item of the batch with ``fn(item, reason) -> Item``."""
+
+    fn: Callable[[Item, BaseException], Item]
+
+    def __attrs_post_init__(self):
+        if not callable(self.fn) and not isinstance(self.fn, str):
+            raise ConfigurationError(f"Route: expected a callable (or, in a pipe, an output name), got {self.fn!r}")
+
+
+def _check_then(inst, attr, value):
+    if value not in ("halt", "skip") and not isinstance(value, Route):
+        raise ConfigurationError(f"Retry.then must be 'halt', 'skip' or a Route, got {value!r}")
+
+
+@attrs.frozen
+class Retry:
+    """Re-dispatch a failed batch, possibly to another worker.
+
+    Attempt ``n`` (from 2) waits ``min(max_backoff, backoff * 2 ** (n - 2))``
+    seconds. After ``max_attempts``, or for a failure retrying cannot fix
+    (bad result, serialization), ``then`` applies. Items carry
+    ``meta["attempts"]``.
+    """
+
+    max_attempts: int = 3
+    backoff: float = 0.1
+    max_backoff: float = 5.0
+    then: Any = attrs.field(default="halt", validator=_check_then)
+
+    def __attrs_post_init__(self):
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ConfigurationError(f"Retry: max_attempts must be an int >= 1, got {self.max_attempts!r}")
+        if self.backoff < 0 or self.max_backoff < 0:
+            raise ConfigurationError("Retry: backoff and max_backoff must be >= 0")
+
+    def delay(self, attempt: int) -> float:
+        return min(self.max_backoff, self.backoff * (2 ** max(0, attempt - 1)))
+
+
+def check_policy(policy, where: str = "on_error") -> None:
+    if policy in ("halt", "skip") or isinstance(policy, (Retry, Route)):
+        return
+    raise ConfigurationError(f"{where}: expected 'halt', 'skip', Retry(...) or Route(...), got {policy!r}")
+
+
+# -- executors ------------------------------------------------------------------
+
+
+class InlineExecutor:
+    """Runs ``fn(payloads) -> list`` in the calling process (no isolation, no timeout).
+
+    Useful for debugging and for tests of the batching logic.
+    """
+
+    def __init__(self, fn: Callable[[list], list]):
+        if not callable(fn):
+            raise ConfigurationError(f"InlineExecutor: fn must be callable, got {fn!r}")
+        self.fn = fn
+
+    def execute_batch(self, batch: list[Item], ctx: Context) -> list[Item]:
+        from slither import worker
+
+        prev, worker._current = worker._current, ctx
+        try:
+            results = self.fn([i.payload for i in batch])
+        finally:
+            worker._current = prev
+        _check_results(results, len(batch))
+        return [i.update_payload(r) for i, r in zip(batch, results)]
+
+
+def _check_results(results, n) -> None:
+    if not isinstance(results, list):
+        raise BadBatchResult(f"batch function returned {type(results).__name__}, expected a list")
+    if len(results) != n:
+        raise BadBatchResult(f"batch function returned {len(results)} results for {n} items")
+
+
+# -- the runner -------------------------------------------------------------------
+
+ORDERINGS = ("preserve", "as_completed")
+AFFINITIES = ("none", "session")
+
+
+def _resolve_fn(fn) -> tuple[Any, bytes | None]:
+    if isinstance(fn, str):
+        mod, sep, attr = fn.partition(":")
+        if not sep or not mod or not attr:
+            raise ConfigurationError(f"fn: expected 'module:function', got {fn!r}")
+        try:
+            found = importlib.util.find_spec(mod)
+        except (ImportError, ValueError) as exc:
+            raise ConfigurationError(f"fn {fn!r}: module {mod!r} cannot be found: {exc}") from exc
+        if found is None:
+            raise ConfigurationError(f"fn {fn!r}: no module named {mod!r} on sys.path")
+        return ("name", fn), None
+    if callable(fn):
+        try:
+            blob = cloudpickle.dumps(fn)
+        except Exception as exc:
+            raise SerializationError(f"fn {fn!r} could not be pickled: {type(exc).__name__}: {exc}") from exc
+        return ("pickled", hashlib.blake2b(blob, digest_size=16).hexdigest()), blob
+    raise ConfigurationError(f"fn: expected 'module:function' or a callable, got {fn!r}")
+
+
+class _Batch:
+    __slots__ = ("seq", "items", "attempts", "chunks", "t0")
+
+    def __init__(self, seq, items):
+        self.seq = seq
+        self.items = items
+        self.attempts = 0
+        self.chunks = None
+        self.t0 = 0
+
+
+class _Dispatch:
+    """One dispatch call. Validates everything in ``__init__`` (before any work)."""
+
+    def __init__(
+        self,
+        items,
+        fn=None,
+        *,
+        runtime=None,
+        pool: str = "default",
+        strategy=None,
+        batch_size: int = 64,
+        max_in_flight: int = 8,
+        ordering: str = "preserve",
+        on_error="halt",
+        timeout: float | None = 30.0,
+        context: Context | None = None,
+        affinity: str = "none",
+        executor=None,
+        progress: bool | None = None,
+        total: int | None = None,
+    ):
+        if strategy is None:
+            strategy = FixedBatch(batch_size)
+        elif not hasattr(strategy, "batches"):
+            raise ConfigurationError(f"strategy: expected an object with batches(items), got {strategy!r}")
+        if not isinstance(max_in_flight, int) or isinstance(max_in_flight, bool) or max_in_flight < 1:
+            raise ConfigurationError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
+        if ordering not in ORDERINGS:
+            raise ConfigurationError(f"ordering must be one of {ORDERINGS}, got {ordering!r}")
+        check_policy(on_error)
+        if isinstance(on_error, Route) and not callable(on_error.fn):
+            raise ConfigurationError("on_error=Route(...) in a dispatch needs a callable fn(item, reason) -> Item")
+        if timeout is not None:
+            _check_positive("dispatch", "timeout", timeout)
+        if affinity not in AFFINITIES:
+            raise ConfigurationError(f"affinity must be one of {AFFINITIES}, got {affinity!r}")
+        if context is not None and not isinstance(context, Context):
+            raise ConfigurationError(f"context must be a slither.Context, got {type(context).__name__}")
+        if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+            raise ConfigurationError(f"items must be an iterable of payloads or Items, got {type(items).__name__}")
+        self.executor = executor
+        if executor is not None:
+            if not hasattr(executor, "execute_batch"):
+                raise ConfigurationError(f"executor: expected an object with execute_batch(batch, ctx), got {executor!r}")
+            self.fn_key, self.fn_blob = None, None
+            self.pool = None
+        else:
+            if fn is None:
+                raise ConfigurationError("dispatch needs fn ('module:function' or a callable) unless executor= is given")
+            self.fn_key, self.fn_blob = _resolve_fn(fn)
+            if runtime is None:
+                from slither._runtime import runtime as default_runtime
+
+                runtime = default_runtime()
+            self.pool = runtime.pool(pool)
+            if self.pool.down is not None:
+                raise self.pool._pool_down()
+        self.pool_name = pool
+        self.items = items
+        self.strategy = strategy
+        self.max_in_flight = max_in_flight
+        self.ordering = ordering
+        self.on_error = on_error
+        self.timeout = timeout
+        self.ctx = context if context is not None else Context()
+        self.session = self.ctx.session_id if affinity == "session" else None
+        self.progress = progress
+        self.total = total
+        self.in_flight = 0
+        self.allow_idle = False  # pipe stages set it: their strategy may yield None for "no input yet"
+        self.yield_batches = False  # pipe stages set it: iterate lists (one per batch) instead of items
+
+    # ---------------------------------------------------------------
+    def _wrapped(self):
+        # Ids come in blocks of 1024: one lock per block, not per item.
+        from slither._item import _EMPTY, _make, _next_ids
+
+        ids = iter(())
+        for x in self.items:
+            if isinstance(x, Item):
+                yield x
+                continue
+            i = next(ids, None)
+            if i is None:
+                ids = iter(_next_ids(1024))
+                i = next(ids)
+            yield _make(Item, i, x, _EMPTY, "default")
+
+    def _fixed_batches(self, size: int):
+        """FixedBatch over the input, wrapping payloads a chunk at a time (the hot path)."""
+        from slither._item import _EMPTY, _make, _next_ids
+
+        it = iter(self.items)
+        while True:
+            chunk = list(itertools.islice(it, size))
+            if not chunk:
+                return
+            ids = iter(_next_ids(len(chunk)))
+            yield [x if isinstance(x, Item) else _make(Item, next(ids), x, _EMPTY, "default") for x in chunk]
+
+    def _pickle(self, b: _Batch, ref: int) -> list:
+        payloads = [i.payload for i in b.items]
+        try:
+            return _wire.dumps(("batch", ref, self.fn_key, payloads, self.ctx))
+        except Exception as exc:
+            for item in b.items:
+                try:
+                    pickle.dumps(item.payload, protocol=5)
+                except Exception as inner:  # noqa: BLE001
+                    raise SerializationError(
+                        f"item {item.id!r} could not be pickled: {type(inner).__name__}: {inner}", item_id=item.id
+                    ) from inner
+            raise SerializationError(f"batch {b.seq} could not be pickled: {type(exc).__name__}: {exc}") from exc
+
+    def _batch_meta(self, b: _Batch, **extra) -> dict:
+        """Metadata of a dispatch batch event (built only when a handler listens)."""
+        return {
+            "pool": self.pool_name,
+            "batch_ref": b.seq,
+            "batch_size": len(b.items),
+            "session_id": self.ctx.session_id,
+            "attempt": b.attempts,
+            "pipe": self.ctx.pipe,
+            "stage": self.ctx.stage,
+            **extra,
+        }
+
+    def _submit(self, b: _Batch, q: queue.SimpleQueue) -> None:
+        b.attempts += 1
+        b.t0 = time.monotonic_ns()
+        if telemetry.has_handlers(("slither", "dispatch", "batch", "start")):
+            telemetry.emit(("slither", "dispatch", "batch", "start"), {"system_time": time.time_ns()}, self._batch_meta(b))
+        if self.executor is not None:
+            try:
+                out = self.executor.execute_batch(b.items, self.ctx)
+                if not isinstance(out, list) or len(out) != len(b.items) or not all(isinstance(i, Item) for i in out):
+                    raise BadBatchResult(
+                        f"executor {type(self.executor).__name__} returned {type(out).__name__} "
+                        f"of {len(out) if hasattr(out, '__len__') else '?'}; expected a list of {len(b.items)} Items"
+                    )
+                q.put((b, out, None, None))
+            except BatchFailure as exc:
+                q.put((b, None, exc, None))
+            except Exception as exc:  # noqa: BLE001
+                import traceback
+
+                q.put((b, None, WorkerError(type(exc).__name__, str(exc), traceback.format_exc()), None))
+            return
+        ref = new_ref()
+        try:
+            chunks = self._pickle(b, ref)
+        except SerializationError as exc:
+            q.put((b, None, exc, None))
+            return
+
+        def done(task, result, error, pid, _b=b, _q=q):
+            _q.put((_b, result, error, pid))
+
+        self.pool.submit(
+            Task(
+                self.fn_key,
+                self.fn_blob,
+                chunks,
+                ref=ref,
+                session=self.session,
+                timeout=self.timeout,
+                callback=done,
+                owner=self,
+                meta=b.seq,
+            )
+        )
+
+    def _finish_ok(self, b: _Batch, result, pid) -> list[Item]:
+        if self.executor is not None:
+            out = result
+        else:
+            out = [_make(Item, i.id, r, i.meta, i.route) for i, r in zip(b.items, result)]
+        if isinstance(self.on_error, Retry):
+            out = [i.put_meta({"attempts": b.attempts}) for i in out]
+        if telemetry.has_handlers(("slither", "dispatch", "batch", "stop")):
+            telemetry.emit(
+                ("slither", "dispatch", "batch", "stop"),
+                {"duration": time.monotonic_ns() - b.t0},
+                self._batch_meta(b, worker=pid),
+            )
+        return out
+
+    def _failed(self, b: _Batch, exc: BaseException, pid, retries: list) -> list[Item] | None:
+        """Apply the policy. Returns replacement items, None when retried; raises for halt."""
+        if telemetry.has_handlers(("slither", "dispatch", "batch", "exception")):
+            telemetry.emit(
+                ("slither", "dispatch", "batch", "exception"),
+                {"duration": time.monotonic_ns() - b.t0},
+                self._batch_meta(b, worker=pid, error=exc),
+            )
+        if isinstance(exc, PoolDown):
+            raise exc
+        policy = self.on_error
+        if isinstance(policy, Retry):
+            if getattr(exc, "retryable", True) and b.attempts < policy.max_attempts:
+                heapq.heappush(retries, (time.monotonic() + policy.delay(b.attempts), b.seq, b))
+                return None
+            policy = policy.then
+        if policy == "skip":
+            return [i.put_meta({"skipped": True, "error": exc, "attempts": b.attempts}) for i in b.items]
+        if isinstance(policy, Route):
+            out = []
+            for i in b.items:
+                r = policy.fn(i, exc)
+                if not isinstance(r, Item):
+                    raise ConfigurationError(f"Route fn returned {type(r).__name__} for item {i.id!r}; expected an Item")
+                out.append(r)
+            return out
+        raise DispatchError(exc, batch_ref=b.seq, partial_results=None) from exc
+
+    def _hand_over(self, out: list[Item], bar):
+        if bar:
+            bar.update(len(out))
+        return (out,) if self.yield_batches else out
+
+    def __iter__(self) -> Iterator[Item]:
+        q: queue.SimpleQueue = queue.SimpleQueue()
+        if type(self.strategy) is FixedBatch:
+            batches = self._fixed_batches(self.strategy.size)
+        else:
+            batches = iter(self.strategy.batches(self._wrapped()))
+        preserve = self.ordering == "preserve"
+        ready: dict[int, list[Item]] = {}
+        retries: list = []
+        next_out = 0
+        seq = 0
+        window = 0
+        exhausted = False
+        interrupted = False
+        bar = _progress(self.progress, self.total)
+        try:
+            while True:
+                if preserve:
+                    while next_out in ready:
+                        out = ready.pop(next_out)
+                        next_out += 1
+                        window -= 1
+                        yield from self._hand_over(out, bar)
+                idle = False
+                while not exhausted and window < self.max_in_flight:
+                    self.in_flight = window - len(ready)
+                    try:
+                        items = next(batches)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    if items is None and self.allow_idle:
+                        idle = True  # a pipe stage's source has nothing right now: deliver results meanwhile
+                        break
+                    if not isinstance(items, list) or not items:
+                        raise ConfigurationError(
+                            f"strategy {type(self.strategy).__name__} produced {items!r} as batch {seq}; "
+                            "expected a non-empty list of Items"
+                        )
+                    b = _Batch(seq, items)
+                    seq += 1
+                    window += 1
+                    self._submit(b, q)
+                if exhausted and window == 0:
+                    return
+                if window - len(ready) == 0 and not retries:
+                    continue  # nothing in flight: go take more input
+                wait = None
+                if retries:
+                    wait = max(0.0, retries[0][0] - time.monotonic())
+                if idle:
+                    wait = 0.0 if wait is None else min(wait, 0.0)
+                try:
+                    # Sliced waits keep the caller responsive to signals (Ctrl-C) whatever the platform.
+                    msg = q.get(timeout=0.5 if wait is None else min(wait, 0.5))
+                except queue.Empty:
+                    msg = None
+                now = time.monotonic()
+                while retries and retries[0][0] <= now:
+                    _, _, rb = heapq.heappop(retries)
+                    self._submit(rb, q)
+                if msg is None:
+                    continue
+                b, result, error, pid = msg
+                if error is None:
+                    out = self._finish_ok(b, result, pid)
+                else:
+                    try:
+                        out = self._failed(b, error, pid, retries)
+                    except DispatchError as exc:
+                        exc.partial_results = [i for k in sorted(ready) for i in ready[k]]
+                        raise
+                    if out is None:
+                        continue
+                if preserve:
+                    ready[b.seq] = out
+                else:
+                    window -= 1
+                    yield from self._hand_over(out, bar)
+        except (KeyboardInterrupt, SystemExit):
+            interrupted = True
+            raise
+        finally:
+            if bar:
+                bar.close()
+            if self.pool is not None:
+                self.pool.cancel(self, kill_running=interrupted)
+
+
+def _progress(progress, total):
+    import sys
+
+    if progress is None:
+        return None
+    if not progress:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="item", file=sys.stderr, leave=False)
+
+
+# -- public functions -----------------------------------------------------------
+
+
+def dispatch(items: Iterable, fn=None, **opts) -> list[Item]:
+    """Run ``fn`` over ``items`` in batches on a worker pool; return every item.
+
+    Args:
+        items: payloads or :class:`Item` s (payloads are wrapped).
+        fn: ``"module:function"`` (imported in the worker) or a callable
+            (sent with cloudpickle). ``fn(payloads: list) -> list`` of the
+            same length.
+        pool, strategy, batch_size, max_in_flight, ordering, on_error,
+        timeout, context, affinity, executor, progress: see the module
+            docstring and ``docs/dispatch.md``.
+
+    Raises:
+        ConfigurationError: a bad option (before any work starts).
+        DispatchError: a batch failed under ``on_error="halt"``.
+        PoolDown: the pool went down (restart intensity exceeded).
+
+    Runs in the calling thread; batches run in worker processes.
+    """
+    run = _Dispatch(items, fn, **opts)
+    run.yield_batches = True  # whole batches: no per-item generator step
+    got: list[Item] = []
+    try:
+        for batch in run:
+            got.extend(batch)
+    except DispatchError as exc:
+        exc.partial_results = got + exc.partial_results
+        raise
+    return got
+
+
+def dispatch_stream(items: Iterable, fn=None, **opts) -> Iterator[Item]:
+    """Like :func:`dispatch`, but yields items as they are ready.
+
+    Input is consumed lazily: at most ``max_in_flight`` batches are read
+    ahead of what the caller has taken. Options are validated now, before
+    the first ``next()``.
+    """
+    return iter(_Dispatch(items, fn, **opts))
+
+
+def call_batch(batch: Iterable, fn=None, **opts) -> list[Item]:
+    """Run one batch as is (no splitting) and return its items."""
+    opts.pop("strategy", None)
+    items = list(batch)
+    if not items:
+        return []
+    return dispatch(items, fn, strategy=_Single(None), **opts)
+
+
+def run_on_workers(rt, fn, pool: str, timeout: float) -> list[tuple[int, Any]]:
+    p = rt.pool(pool)
+    fn_key, blob = _resolve_fn(fn)
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    workers = p.live_workers()
+    for index, _pid in workers:
+        ref = new_ref()
+        t = Task(
+            fn_key,
+            blob,
+            _wire.dumps(("probe", ref, fn_key)),
+            ref=ref,
+            callback=lambda task, result, error, pid: q.put((pid, result, error)),
+        )
+        t.pinned = index
+        p.submit(t)
+    out = []
+    deadline = time.monotonic() + timeout
+    for _ in workers:
+        pid, result, error = q.get(timeout=max(0.0, deadline - time.monotonic()))
+        if error is not None:
+            raise error
+        out.append((pid, result[0]))
+    return out
+
+
+__all__ = [
+    "dispatch",
+    "dispatch_stream",
+    "call_batch",
+    "FixedBatch",
+    "WeightedBatch",
+    "KeyPartition",
+    "Strategy",
+    "Retry",
+    "Route",
+    "InlineExecutor",
+]

@@ -1,0 +1,498 @@
+"""The caller's side of the data plane: the hub and one ``Pool`` per named pool.
+
+How a batch travels::
+
+    dispatch thread ──submit(Task)──▶ Pool.pending ──pump──▶ conn.inflight
+                                                         │
+                          writer thread (per worker) ◀───┘  sends the pre-pickled frame
+                                                         │
+                          worker process: reader thread → run loop → reply
+                                                         │
+    dispatch thread ◀──task.callback── reader thread (per worker) ◀──┘
+
+* Each worker holds at most ``depth`` tasks (default 2): one running, one
+  queued in its socket, so it never idles waiting for a round trip. Only the
+  head task has started; when a worker dies the head fails (crashed or timed
+  out) and the others go back to the front of the queue untouched.
+* Timeouts: the head task's deadline is set when it becomes head; the timer
+  thread SIGKILLs a worker whose head is late. The worker's supervisor
+  replaces it; the dead socket's EOF fails the batch as ``BatchTimeout``.
+* ``PoolDown``: the pool supervisor says it gave up, or its process is gone.
+  Every waiting task fails at once and new submissions raise.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from loguru import logger
+
+from slither import _wire, telemetry
+from slither.errors import (
+    BadBatchResult,
+    BatchTimeout,
+    PoolDown,
+    RuntimeNotStarted,
+    SerializationError,
+    WorkerCrashed,
+    WorkerError,
+)
+from slither.supervision import pid_alive
+
+_refs = itertools.count(1)
+
+
+class Task:
+    """One batch (or probe) on its way to a worker."""
+
+    __slots__ = (
+        "ref",
+        "fn_key",
+        "fn_blob",
+        "chunks",
+        "session",
+        "timeout",
+        "callback",
+        "owner",
+        "deadline",
+        "timed_out",
+        "killed",
+        "meta",
+        "pinned",
+    )
+
+    def __init__(self, fn_key, fn_blob, chunks, *, ref, session=None, timeout=None, callback=None, owner=None, meta=None):
+        self.ref = ref
+        self.fn_key = fn_key
+        self.fn_blob = fn_blob
+        self.chunks = chunks
+        self.session = session
+        self.timeout = timeout
+        self.callback = callback
+        self.owner = owner
+        self.deadline = None
+        self.timed_out = False
+        self.killed = False
+        self.meta = meta
+        self.pinned = None  # a worker index this task must run on (probes)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.ref}>"
+
+
+def new_ref() -> int:
+    return next(_refs)
+
+
+class WorkerConn:
+    __slots__ = ("pool", "index", "pid", "sock", "inflight", "private", "fn_keys", "outq", "alive", "sessions")
+
+    def __init__(self, pool, index, pid, sock):
+        self.pool = pool
+        self.index = index
+        self.pid = pid
+        self.sock = sock
+        self.inflight: deque[Task] = deque()
+        self.private: deque[Task] = deque()
+        self.fn_keys: set = set()
+        self.outq: queue.SimpleQueue = queue.SimpleQueue()
+        self.alive = True
+        self.sessions: set = set()
+
+
+class Pool:
+    """Caller-side state of one named pool. Thread-safe."""
+
+    def __init__(self, name: str, size: int, depth: int = 2):
+        self.name = name
+        self.size = size
+        self.depth = depth
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.pending: deque[Task] = deque()
+        self.workers: dict[int, WorkerConn] = {}
+        self.sessions: dict[str, int] = {}
+        self.seen: set[int] = set()
+        self.down: PoolDown | None = None
+        self.closed = False
+        self.sup_pid: int | None = None
+        self.crashes = 0
+        self.restarts = 0
+        self._timer_next = 0.0
+        self._timer = threading.Thread(target=self._timer_loop, name=f"slither-pool-{name}-timer", daemon=True)
+        self._timer.start()
+
+    # -- submission ----------------------------------------------------
+    def submit(self, task: Task) -> None:
+        with self.lock:
+            if self.closed:
+                raise RuntimeNotStarted(f"pool {self.name!r} is shut down")
+            if self.down is not None:
+                raise self._pool_down()
+            self._route(task)
+            self._pump()
+
+    def _route(self, task: Task) -> None:
+        if task.pinned is not None:
+            conn = self.workers.get(task.pinned)
+            if conn is None:
+                raise WorkerCrashed(f"worker {task.pinned} of pool {self.name!r} is not connected")
+            conn.private.append(task)
+            return
+        if task.session is not None:
+            idx = self.sessions.get(task.session)
+            if idx is None and self.workers:
+                conn = min(self.workers.values(), key=lambda c: (len(c.sessions), len(c.inflight) + len(c.private)))
+                idx = conn.index
+                conn.sessions.add(task.session)
+                self.sessions[task.session] = idx
+            if idx is not None:
+                self.workers[idx].private.append(task)
+                return
+        self.pending.append(task)
+
+    def _pump(self) -> None:
+        """Hand queued tasks to workers with room. Caller holds the lock."""
+        if not self.workers:
+            return
+        progress = True
+        while progress:
+            progress = False
+            for conn in self.workers.values():
+                if len(conn.inflight) >= self.depth:
+                    continue
+                task = conn.private.popleft() if conn.private else None
+                if task is None and self.pending:
+                    task = self.pending.popleft()
+                    if task.session is not None:
+                        # Its session had no worker when it was submitted: bind it here.
+                        idx = self.sessions.setdefault(task.session, conn.index)
+                        if idx != conn.index:
+                            self.workers[idx].private.append(task)
+                            progress = True
+                            continue
+                        conn.sessions.add(task.session)
+                if task is None:
+                    continue
+                if not conn.inflight and task.timeout:
+                    task.deadline = time.monotonic() + task.timeout
+                    self._wake_timer(task.deadline)
+                conn.inflight.append(task)
+                conn.outq.put(task)
+                progress = True
+
+    def _wake_timer(self, deadline: float) -> None:
+        # Waking the timer thread on every batch costs a GIL round trip; it only
+        # needs waking when a deadline falls before its next planned check.
+        if deadline < self._timer_next:
+            self.changed.notify_all()
+
+    def cancel(self, owner: Any, kill_running: bool = False) -> None:
+        """Drop queued tasks of ``owner``; optionally kill workers running them."""
+        with self.lock:
+            self.pending = deque(t for t in self.pending if t.owner is not owner)
+            for conn in self.workers.values():
+                conn.private = deque(t for t in conn.private if t.owner is not owner)
+                if kill_running and conn.inflight and conn.inflight[0].owner is owner:
+                    conn.inflight[0].killed = True
+                    _kill(conn.pid)
+
+    # -- connections ---------------------------------------------------
+    def attach(self, conn: WorkerConn) -> None:
+        with self.lock:
+            if self.closed or self.down is not None:
+                conn.sock.close()
+                return
+            restarted = conn.index in self.seen
+            self.seen.add(conn.index)
+            old = self.workers.get(conn.index)
+            if old is not None and old.alive:
+                # A replacement arrived before the old socket's EOF: the old one is dead.
+                _kill(old.pid)
+            self.workers[conn.index] = conn
+            if restarted:
+                self.restarts += 1
+            self._pump()
+            self.changed.notify_all()
+        threading.Thread(target=self._writer, args=(conn,), name=f"slither-{self.name}-w{conn.index}-tx", daemon=True).start()
+        threading.Thread(target=self._reader, args=(conn,), name=f"slither-{self.name}-w{conn.index}-rx", daemon=True).start()
+        if restarted:
+            telemetry.emit(("slither", "worker", "restart"), {}, {"pool": self.name, "worker": conn.pid, "index": conn.index})
+
+    def _writer(self, conn: WorkerConn) -> None:
+        sock = conn.sock
+        try:
+            while True:
+                task = conn.outq.get()
+                if task is None:
+                    return
+                if task.fn_blob is not None and task.fn_key not in conn.fn_keys:
+                    _wire.send(sock, ("fn", task.fn_key, task.fn_blob))
+                    conn.fn_keys.add(task.fn_key)
+                _wire.send_chunks(sock, task.chunks)
+        except OSError:
+            return  # the reader sees the EOF and fails what was in flight
+
+    def _reader(self, conn: WorkerConn) -> None:
+        sock = conn.sock
+        try:
+            while True:
+                msg = _wire.recv(sock)
+                kind = msg[0]
+                if kind == "event":
+                    telemetry.emit(msg[1], msg[2], {**msg[3], "pool": self.name, "worker": conn.pid})
+                    continue
+                self._complete(conn, msg)
+        except (EOFError, OSError):
+            pass
+        except Exception:  # noqa: BLE001 - e.g. a result that fails to unpickle here
+            logger.exception("pool {!r}: bad frame from worker {}", self.name, conn.pid)
+            _kill(conn.pid)
+        self._lost(conn)
+
+    def _complete(self, conn: WorkerConn, msg) -> None:
+        with self.lock:
+            task = conn.inflight.popleft()
+            if task.ref != msg[1]:  # pragma: no cover - protocol invariant
+                logger.error("pool {!r}: reply for {} while {} was head", self.name, msg[1], task.ref)
+            if conn.inflight and conn.inflight[0].timeout:
+                conn.inflight[0].deadline = time.monotonic() + conn.inflight[0].timeout
+                self._wake_timer(conn.inflight[0].deadline)
+            self._pump()
+        kind = msg[0]
+        if kind == "ok":
+            result, error = msg[2], None
+        elif kind == "err":
+            result, error = None, WorkerError(msg[2], msg[3], msg[4])
+        elif kind == "bad":
+            result, error = None, BadBatchResult(msg[2])
+        else:
+            result, error = None, SerializationError(msg[2])
+        if task.callback is not None:
+            task.callback(task, result, error, conn.pid)
+
+    def _lost(self, conn: WorkerConn) -> None:
+        with self.lock:
+            conn.alive = False
+            conn.outq.put(None)
+            if self.workers.get(conn.index) is conn:
+                del self.workers[conn.index]
+            head = conn.inflight.popleft() if conn.inflight else None
+            # Never started: back to the front of the queue, in order.
+            rest = [t for t in list(conn.inflight) + list(conn.private) if t.pinned is None]
+            lost_pinned = [t for t in list(conn.inflight) + list(conn.private) if t.pinned is not None]
+            conn.inflight.clear()
+            conn.private.clear()
+            for sess in conn.sessions:
+                if self.sessions.get(sess) == conn.index:
+                    del self.sessions[sess]
+            for t in reversed(rest):
+                self.pending.appendleft(t)
+            closing = self.closed
+            if not closing:
+                self.crashes += 1
+            self._pump()
+            self.changed.notify_all()
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+        if closing:
+            err: Exception = RuntimeNotStarted(f"pool {self.name!r} was shut down")
+        elif self.down is not None:
+            err = self._pool_down()
+        elif head is not None and head.timed_out:
+            err = BatchTimeout(
+                f"batch ran longer than {head.timeout}s on worker {conn.pid} of pool {self.name!r}; "
+                "the worker was killed and replaced"
+            )
+        else:
+            err = WorkerCrashed(f"worker {conn.pid} of pool {self.name!r} died while running the batch", pid=conn.pid)
+        if not closing:
+            telemetry.emit(
+                ("slither", "worker", "crash"),
+                {},
+                {"pool": self.name, "worker": conn.pid, "index": conn.index, "batch_ref": head.meta if head else None},
+            )
+        for t in ([head] if head is not None else []) + lost_pinned:
+            if t.callback is not None:
+                t.callback(t, None, err, conn.pid)
+
+    def mark_down(self, reason: str | None = None) -> None:
+        with self.lock:
+            if self.down is not None or self.closed:
+                return
+            self.down = PoolDown(self.name, reason)
+            victims = list(self.pending)
+            self.pending.clear()
+            for conn in self.workers.values():
+                victims += list(conn.inflight) + list(conn.private)
+                conn.inflight.clear()
+                conn.private.clear()
+                _kill(conn.pid)
+            self.changed.notify_all()
+        logger.warning("pool {!r} is down: {}", self.name, self.down)
+        for t in victims:
+            if t.callback is not None:
+                t.callback(t, None, self._pool_down(), None)
+
+    def _pool_down(self) -> PoolDown:
+        # A fresh instance per caller: one exception raised in several threads
+        # would have its traceback rewritten under each of them.
+        return PoolDown(self.name, str(self.down))
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while len(self.workers) < self.size and self.down is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.changed.wait(left)
+            if self.down is not None:
+                raise self._pool_down()
+        return True
+
+    def live_workers(self) -> list[tuple[int, int]]:
+        with self.lock:
+            return [(c.index, c.pid) for c in self.workers.values()]
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            victims = list(self.pending)
+            self.pending.clear()
+            conns = list(self.workers.values())
+            for conn in conns:
+                victims += list(conn.private)
+                conn.private.clear()
+            self.changed.notify_all()
+        # Sockets stay open: closing them now would make the workers exit and their
+        # supervisor restart them mid-teardown. disconnect() runs after the tree stopped.
+        err = RuntimeNotStarted(f"pool {self.name!r} was shut down")
+        for t in victims:
+            if t.callback is not None:
+                t.callback(t, None, err, None)
+
+    def disconnect(self) -> None:
+        """Close every worker socket (after the actor tree is stopped)."""
+        with self.lock:
+            conns = list(self.workers.values())
+        for conn in conns:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _timer_loop(self) -> None:
+        with self.lock:
+            while not self.closed:
+                now = time.monotonic()
+                nxt = now + 0.25
+                for conn in self.workers.values():
+                    head = conn.inflight[0] if conn.inflight else None
+                    if head is not None and head.deadline is not None and not head.timed_out:
+                        if head.deadline <= now:
+                            head.timed_out = True
+                            _kill(conn.pid)
+                        else:
+                            nxt = min(nxt, head.deadline)
+                if self.sup_pid is not None and self.down is None and not pid_alive(self.sup_pid):
+                    self.lock.release()
+                    try:
+                        self.mark_down(f"pool {self.name!r} is down: its supervisor process {self.sup_pid} exited")
+                    finally:
+                        self.lock.acquire()
+                    continue
+                self._timer_next = nxt
+                self.changed.wait(max(0.0, nxt - time.monotonic()))
+                self._timer_next = 0.0
+
+
+def _kill(pid: int | None) -> None:
+    if pid and pid != os.getpid():  # an in-process (debug) worker cannot be killed
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class Hub:
+    """Accepts connections from this runtime's workers and pool supervisors on a
+    Unix socket in the runtime's private directory. Every first frame must carry
+    the runtime's token."""
+
+    def __init__(self, path: str, token: str, store_paths: Callable[[], dict]):
+        self.path = path
+        self.token = token
+        self.pools: dict[str, Pool] = {}
+        self.store_paths = store_paths
+        self.sock = _wire.listen(path)
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept_loop, name="slither-hub", daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._greet, args=(s,), daemon=True).start()
+
+    def _greet(self, s: socket.socket) -> None:
+        try:
+            s.settimeout(10)
+            hello = _wire.recv(s)
+            s.settimeout(None)
+            kind, token = hello[0], hello[1]
+            if token != self.token:
+                s.close()
+                return
+            if kind == "worker":
+                _, _, pool_name, index, pid = hello
+                pool = self.pools.get(pool_name)
+                if pool is None:
+                    s.close()
+                    return
+                _wire.send(s, ("init", list(sys.path), os.getcwd(), self.store_paths()))
+                pool.attach(WorkerConn(pool_name, index, pid, s))
+            elif kind == "pool_up":
+                pool = self.pools.get(hello[2])
+                if pool is not None:
+                    with pool.lock:
+                        pool.sup_pid = hello[3]
+                s.close()
+            elif kind == "pool_down":
+                pool = self.pools.get(hello[2])
+                if pool is not None:
+                    pool.mark_down()
+                s.close()
+            else:
+                s.close()
+        except (OSError, EOFError, ValueError, TypeError):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass

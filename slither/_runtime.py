@@ -1,0 +1,491 @@
+"""The ``Runtime``: owns one Thespian actor system, its supervision tree, the
+data-plane hub, the pools and the stores. Everything the public API does goes
+through one.
+
+::
+
+    Runtime (this process)           hub thread, one reader+writer thread per worker
+    └── RootSupervisor               actor processes, all in the Thespian admin's
+        ├── StoreSupervisor          process group (never the caller's)
+        │   └── StoreServer × stores
+        └── PoolSupervisor × pools
+            └── Worker × size
+
+Isolation: each runtime has its own admin port (a free one), its own
+private 0700 directory (on /dev/shm where present) for sockets and
+ephemeral stores, and its own random token. Thespian listens on 127.0.0.1
+only (see ``slither._thespian``). ``shutdown()`` waits for every process of
+the runtime to exit; ``atexit`` calls it for runtimes left running, and the
+root supervisor kills the whole tree if the caller dies without it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import secrets
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from loguru import logger
+
+from slither import _thespian  # noqa: F401 - applies the loopback patch before any system starts
+from slither._actors import PoolInit, PoolSupervisor, RootSupervisor, WatchCaller, Worker, WorkerInit
+from slither._pool import Hub, Pool
+from slither.errors import ConfigurationError, RuntimeNotStarted
+from slither.supervision import ChildSpec, ChildStarted, ChildStopped, Identity, StartChild, StopChild, SupervisorInit
+
+BASES = ("multiprocTCPBase", "simpleSystemBase")
+
+
+def _positive_int(inst, attr, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigurationError(f"PoolSpec.{attr.name} must be a positive int, got {value!r}")
+
+
+@attrs.frozen
+class PoolSpec:
+    """How a pool is sized and supervised.
+
+    Args:
+        size: worker processes (default: ``os.cpu_count()``).
+        max_restarts, max_seconds: restart intensity. More than
+            ``max_restarts`` worker restarts within ``max_seconds`` and the
+            pool goes down (``PoolDown``) until ``Runtime.restart_pool``.
+        max_memory: bytes of address space each worker may allocate beyond
+            what it starts with (``RLIMIT_AS`` set to its size at start plus
+            this); a batch that exceeds it fails (``MemoryError`` as a
+            ``WorkerError``, or a crash) and the pool carries on.
+        depth: batches handed to one worker at a time (1 running + queued).
+            2 hides the round trip; 1 gives strictly one batch per worker.
+    """
+
+    size: int = attrs.field(factory=lambda: os.cpu_count() or 1, validator=_positive_int)
+    max_restarts: int = 3
+    max_seconds: float = 5.0
+    max_memory: int | None = None
+    depth: int = attrs.field(default=2, validator=_positive_int)
+
+    def __attrs_post_init__(self):
+        if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
+            raise ConfigurationError(f"PoolSpec.max_restarts must be an int >= 0, got {self.max_restarts!r}")
+        if not self.max_seconds > 0:
+            raise ConfigurationError(f"PoolSpec.max_seconds must be > 0, got {self.max_seconds!r}")
+
+
+def _as_spec(name: str, value: Any) -> PoolSpec:
+    if isinstance(value, PoolSpec):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return PoolSpec(size=value)
+    if isinstance(value, Mapping):
+        return PoolSpec(**value)
+    raise ConfigurationError(f"pool {name!r}: expected a size, a PoolSpec or a mapping, got {value!r}")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _private_dir() -> str:
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    d = tempfile.mkdtemp(prefix="slither-", dir=base)
+    os.chmod(d, 0o700)
+    return d
+
+
+def pids_in_group(pgid: int) -> list[int]:
+    """Live (non-zombie) pids whose process group is ``pgid`` (Linux /proc)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        rest = stat[stat.rindex(b")") + 2 :].split()
+        if rest[0] not in (b"Z", b"X") and int(rest[2]) == pgid:
+            out.append(int(name))
+    return out
+
+
+_live: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    for rt in list(_live):
+        try:
+            rt.shutdown()
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+            pass
+
+
+class Runtime:
+    """A running Slither system: pools of worker processes, stores, pipes.
+
+    Args:
+        pools: ``{"name": size | PoolSpec | mapping}``; default
+            ``{"default": PoolSpec()}``.
+        stores: Store subclasses to start.
+        base: ``"multiprocTCPBase"`` (default, every actor its own process) or
+            ``"simpleSystemBase"`` (actors in this process; debugging only:
+            workers become threads, so timeouts cannot kill them).
+        data_dir: where ``persistent`` stores keep their data.
+        start_timeout: seconds to wait for every worker to connect.
+
+    Methods are thread-safe. Use as a context manager, or ``start()`` /
+    ``shutdown()``.
+    """
+
+    def __init__(
+        self,
+        pools: Mapping[str, Any] | None = None,
+        stores: list | tuple = (),
+        *,
+        base: str = "multiprocTCPBase",
+        data_dir: str | os.PathLike | None = None,
+        start_timeout: float = 30.0,
+    ):
+        if base not in BASES:
+            raise ConfigurationError(f"base must be one of {BASES}, got {base!r}")
+        pools = {"default": PoolSpec()} if pools is None else dict(pools)
+        self.pool_specs: dict[str, PoolSpec] = {n: _as_spec(n, v) for n, v in pools.items()}
+        self.store_classes = list(stores)
+        from slither._store import Store
+
+        for s in self.store_classes:
+            if not (isinstance(s, type) and issubclass(s, Store)):
+                raise ConfigurationError(f"stores: expected Store subclasses, got {s!r}")
+        self.base = base
+        self.data_dir = os.fspath(data_dir) if data_dir is not None else None
+        self.start_timeout = start_timeout
+        self._lock = threading.RLock()
+        self._asys = None
+        self._root = None
+        self._pgid: int | None = None
+        self._root_pid: int | None = None
+        self._dir: str | None = None
+        self._hub: Hub | None = None
+        self._pools: dict[str, Pool] = {}
+        self._pool_addrs: dict[str, Any] = {}
+        self._stores: dict[str, Any] = {}
+        self._store_sup = None
+        self._pipes: list = []
+        self._state = "new"
+        self.token = secrets.token_hex(16)
+
+    # -- lifecycle -----------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    def __enter__(self) -> Runtime:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def start(self) -> Runtime:
+        """Start the actor system, the stores and every pool; wait for the workers.
+
+        Raises:
+            RuntimeNotStarted: the runtime was shut down (runtimes do not restart).
+            TimeoutError: workers did not connect within ``start_timeout``.
+        """
+        with self._lock:
+            if self._state == "running":
+                return self
+            if self._state != "new":
+                raise RuntimeNotStarted("a Runtime cannot be restarted after shutdown(); create a new one")
+            self._state = "starting"
+            try:
+                self._start()
+            except BaseException:
+                self._state = "running"  # so shutdown() tears down what exists
+                self.shutdown()
+                raise
+            self._state = "running"
+            _live.add(self)
+        return self
+
+    def _start(self) -> None:
+        from thespian.actors import ActorSystem
+
+        t0 = time.monotonic()
+        self._dir = _private_dir()
+        _thespian.prepare_environment(self._dir)
+        caps = {"Admin Port": _free_port()}
+        self._asys = ActorSystem(self.base, caps, logDefs=_thespian.QUIET_LOGDEFS, transientUnique=True)
+        self._hub = Hub(os.path.join(self._dir, "hub.sock"), self.token, self._store_paths)
+        self._root = self._asys.createActor(RootSupervisor)
+        ident = self._ask(
+            self._root, SupervisorInit(strategy="one_for_one", max_restarts=10, max_seconds=5.0, name="root"), Identity
+        )
+        if not isinstance(ident, Identity):
+            raise RuntimeError(f"root supervisor did not start (got {ident!r})")
+        self._pgid = ident.pgid
+        self._root_pid = ident.pid
+        if self.base != "simpleSystemBase":
+            self._asys.tell(self._root, WatchCaller(os.getpid(), os.getpgid(0)))
+        if self.store_classes:
+            from slither import _store as store_mod
+
+            store_mod._start_stores(self, self.store_classes)
+        for name, spec in self.pool_specs.items():
+            self._start_pool(name, spec)
+        for pool in self._pools.values():
+            if not pool.wait_ready(max(0.1, self.start_timeout - (time.monotonic() - t0))):
+                raise TimeoutError(
+                    f"pool {pool.name!r}: {len(pool.workers)} of {pool.size} workers connected within {self.start_timeout}s"
+                )
+        logger.debug("slither runtime started in {:.3f}s (dir {})", time.monotonic() - t0, self._dir)
+
+    def _ask(self, addr, msg, expect: type | tuple = object, timeout: float = 10.0):
+        """Ask and wait for a reply of type ``expect``, dropping stale replies
+        (an external ActorSystem gets every message sent to it, not only ours)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            reply = self._asys.ask(addr, msg, timeout)
+            while reply is not None and not isinstance(reply, expect):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                reply = self._asys.listen(left)
+            return reply
+
+    def _start_pool(self, name: str, spec: PoolSpec) -> Pool:
+        pool = Pool(name, spec.size, depth=spec.depth)
+        self._hub.pools[name] = pool
+        self._pools[name] = pool
+        started = self._ask(self._root, StartChild(ChildSpec(f"pool:{name}", PoolSupervisor, restart="temporary")), ChildStarted)
+        if not isinstance(started, ChildStarted):
+            raise RuntimeError(f"pool {name!r}: supervisor did not start (got {started!r})")
+        addr = started.address
+        self._pool_addrs[name] = addr
+        workers = tuple(
+            ChildSpec(f"worker-{i}", Worker, init=WorkerInit(self._hub.path, self.token, name, i, spec.max_memory, os.getpid()))
+            for i in range(spec.size)
+        )
+        with self._lock:
+            self._asys.tell(addr, PoolInit(self._hub.path, self.token, name))
+        ident = self._ask(
+            addr,
+            SupervisorInit(
+                strategy="one_for_one", max_restarts=spec.max_restarts, max_seconds=spec.max_seconds, children=workers, name=name
+            ),
+            Identity,
+        )
+        if isinstance(ident, Identity) and self.base != "simpleSystemBase":
+            with pool.lock:
+                pool.sup_pid = ident.pid
+        return pool
+
+    def restart_pool(self, name: str, spec: PoolSpec | int | None = None, wait: bool = True) -> None:
+        """Start pool ``name`` again (after ``PoolDown``), optionally with a new spec."""
+        self._require()
+        with self._lock:
+            spec = _as_spec(name, spec) if spec is not None else self.pool_specs[name]
+            old = self._pools.pop(name, None)
+            if old is not None:
+                old.close()
+                self._ask(self._root, StopChild(f"pool:{name}"), ChildStopped)
+            self.pool_specs[name] = spec
+            pool = self._start_pool(name, spec)
+        if wait and not pool.wait_ready(self.start_timeout):
+            raise TimeoutError(f"pool {name!r}: workers did not connect within {self.start_timeout}s")
+
+    def add_pool(self, name: str, spec: PoolSpec | int, wait: bool = True) -> None:
+        """Add a new named pool to a running runtime."""
+        self._require()
+        with self._lock:
+            if name in self._pools:
+                raise ConfigurationError(f"pool {name!r} already exists")
+            spec = _as_spec(name, spec)
+            self.pool_specs[name] = spec
+            pool = self._start_pool(name, spec)
+        if wait and not pool.wait_ready(self.start_timeout):
+            raise TimeoutError(f"pool {name!r}: workers did not connect within {self.start_timeout}s")
+
+    def shutdown(self, timeout: float = 2.0) -> None:
+        """Stop pipes, pools, stores and the actor system; wait for every process.
+
+        Idempotent. Processes still alive ``timeout`` seconds after Thespian's
+        own shutdown are SIGKILLed by process group (the actor system's own
+        group, never the caller's). After many worker restarts Thespian's
+        shutdown was seen to leave its admin and our supervisors idle and
+        alive: the backstop is part of normal operation, logged at INFO.
+        """
+        with self._lock:
+            if self._state in ("new", "stopped"):
+                self._state = "stopped"
+                return
+            self._state = "stopping"
+            for handle in list(self._pipes):
+                try:
+                    handle.stop(drain=False)
+                except Exception:  # noqa: BLE001
+                    logger.exception("stopping a pipe during shutdown")
+            for pool in self._pools.values():
+                pool.close()
+            asys, self._asys = self._asys, None
+        deadline = time.monotonic() + timeout
+        if asys is not None:
+            # ActorSystem.shutdown() waits up to 10 s for the admin's "shutdown completed",
+            # which after SIGKILLed actors was seen never to come. Wait at most 2 s here
+            # (the process-group kill below covers the rest) without changing Thespian's
+            # own constant, which users' other actor systems rely on.
+            def _stop_asys():
+                try:
+                    asys.shutdown()
+                except Exception:  # noqa: BLE001
+                    logger.exception("ActorSystem.shutdown() raised")
+
+            stopper = threading.Thread(target=_stop_asys, name="slither-asys-shutdown", daemon=True)
+            stopper.start()
+            stopper.join(timeout)
+        for pool in self._pools.values():
+            pool.disconnect()
+        if self._hub is not None:
+            self._hub.close()
+        if self._pgid is not None and self._pgid != os.getpgid(0):
+            while pids_in_group(self._pgid) and time.monotonic() < deadline:
+                time.sleep(0.01)  # polling process exit: there is no event to await for non-children
+            left = pids_in_group(self._pgid)
+            if left:
+                logger.info("runtime processes {} still alive {}s after shutdown; killing their process group", left, timeout)
+                try:
+                    os.killpg(self._pgid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        from slither import _store as store_mod
+
+        store_mod._forget_stores(self)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+        with self._lock:
+            self._state = "stopped"
+        _live.discard(self)
+
+    def _require(self) -> None:
+        if self._state != "running":
+            raise RuntimeNotStarted(f"the runtime is {self._state}; call start() first")
+
+    # -- introspection -------------------------------------------------
+    def pool(self, name: str = "default") -> Pool:
+        """The caller-side state of pool ``name`` (for statistics and tests)."""
+        self._require()
+        try:
+            return self._pools[name]
+        except KeyError:
+            raise ConfigurationError(f"unknown pool {name!r}; this runtime has {sorted(self._pools)}") from None
+
+    def pids(self) -> list[int]:
+        """Every live process of this runtime (admin, logger, supervisors, workers, stores)."""
+        return pids_in_group(self._pgid) if self._pgid is not None and self._pgid != os.getpgid(0) else []
+
+    def worker_pids(self, pool: str = "default") -> list[int]:
+        """The pids of the pool's connected workers."""
+        return sorted(pid for _, pid in self.pool(pool).live_workers())
+
+    def _store_paths(self) -> dict:
+        return {name: h.paths() for name, h in self._stores.items()}
+
+    # -- the public API, bound to this runtime ---------------------------
+    def dispatch(self, items, fn=None, **opts):
+        """See :func:`slither.dispatch`."""
+        from slither import _dispatch as d
+
+        return d.dispatch(items, fn, runtime=self, **opts)
+
+    def dispatch_stream(self, items, fn=None, **opts):
+        """See :func:`slither.dispatch_stream`."""
+        from slither import _dispatch as d
+
+        return d.dispatch_stream(items, fn, runtime=self, **opts)
+
+    def call_batch(self, batch, fn=None, **opts):
+        """See :func:`slither.call_batch`."""
+        from slither import _dispatch as d
+
+        return d.call_batch(batch, fn, runtime=self, **opts)
+
+    def run_on_workers(self, fn, pool: str = "default", timeout: float = 30.0) -> list[tuple[int, Any]]:
+        """Run ``fn()`` once on every connected worker of ``pool``; ``[(pid, value)]``.
+
+        Useful to collect process-local state (counters, caches) from workers.
+        """
+        from slither import _dispatch as d
+
+        return d.run_on_workers(self, fn, pool, timeout)
+
+    def run_pipe(self, pipe, items, **opts):
+        """See :func:`slither.run_pipe`."""
+        from slither import _pipe as p
+
+        return p.run_pipe(pipe, items, runtime=self, **opts)
+
+    def stream_pipe(self, pipe, items, **opts):
+        """See :func:`slither.stream_pipe`."""
+        from slither import _pipe as p
+
+        return p.stream_pipe(pipe, items, runtime=self, **opts)
+
+    def start_pipe(self, pipe, **opts):
+        """Start a long-lived, supervised pipe; returns a :class:`slither.pipe.PipeHandle`."""
+        from slither import _pipe as p
+
+        return p.start_pipe(pipe, runtime=self, **opts)
+
+
+# -- the process-wide default runtime -----------------------------------------
+_default: Runtime | None = None
+_default_lock = threading.Lock()
+
+
+def start(**kwargs) -> Runtime:
+    """Start the process-wide default runtime with ``Runtime(**kwargs)``.
+
+    Raises:
+        RuntimeError: a default runtime is already running.
+    """
+    global _default
+    with _default_lock:
+        if _default is not None and _default.running:
+            raise RuntimeError("the default runtime is already running; call slither.shutdown() first")
+        rt = Runtime(**kwargs)
+        rt.start()
+        _default = rt
+        return rt
+
+
+def shutdown() -> None:
+    """Shut down the default runtime, if one is running."""
+    global _default
+    with _default_lock:
+        rt, _default = _default, None
+    if rt is not None:
+        rt.shutdown()
+
+
+def runtime() -> Runtime:
+    """The default runtime, started with defaults on first use."""
+    global _default
+    with _default_lock:
+        if _default is None or not _default.running:
+            _default = Runtime()
+            _default.start()
+        return _default

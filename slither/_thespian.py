@@ -1,0 +1,50 @@
+"""What we change about Thespian, in one place.
+
+Thespian's TCP transport binds every listening socket to all interfaces
+(``IPActorAddress.bindname = ('', port)``) and unpickles whatever arrives.
+A single-host runtime must accept connections from this machine only, so
+while :data:`LOOPBACK_ONLY` is set every Thespian listener of this process
+(and of the actor processes it forks, which inherit this patched class) binds
+to 127.0.0.1. ``tests/test_security.py`` checks every listening socket the
+runtime's processes own.
+"""
+
+from __future__ import annotations
+
+import os
+
+from thespian.system.transport import IPBase
+
+LOOPBACK = "127.0.0.1"
+
+# Thespian advertises THESPIAN_BASE_IPADDR (otherwise it probes for an
+# external address). Bound to loopback, it must also advertise loopback, or no
+# actor can reach another. A user who sets their own address (a multi-host
+# convention) opted out of loopback-only binding.
+os.environ.setdefault("THESPIAN_BASE_IPADDR", LOOPBACK)
+LOOPBACK_ONLY = os.environ["THESPIAN_BASE_IPADDR"].startswith("127.")
+
+# Silence Thespian: its logging config is applied with dictConfig in its
+# logger process. logDefs=False crashes every actor (see THESPIAN.md).
+QUIET_LOGDEFS = {"version": 1, "disable_existing_loggers": False, "root": {"level": "CRITICAL", "handlers": []}}
+
+_orig_bind_args = IPBase.IPActorAddress.bindArgs
+
+
+def _bind_args(self):
+    args = _orig_bind_args.fget(self)
+    if LOOPBACK_ONLY and args and isinstance(args[0], tuple) and args[0][0] in ("", "0.0.0.0"):
+        return ((LOOPBACK, args[0][1]),)
+    return args
+
+
+if not getattr(IPBase.IPActorAddress, "_slither_patched", False):
+    IPBase.IPActorAddress.bindArgs = property(_bind_args)
+    IPBase.IPActorAddress._slither_patched = True
+
+
+def prepare_environment(log_dir: str) -> None:
+    """Environment every actor process inherits: loopback addressing, quiet internal log."""
+    os.environ.setdefault("THESPLOG_FILE", os.path.join(log_dir, "thespian.log"))
+    os.environ.setdefault("THESPLOG_THRESHOLD", "ERROR")
+    IPBase.thisSystem.add_local_addr(LOOPBACK)

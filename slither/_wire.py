@@ -1,0 +1,82 @@
+"""Framed pickle messages over stream sockets: the data plane's one seam.
+
+Every batch and result between the caller and a worker, and every store
+write, travels through :func:`send` and :func:`recv`. A frame is a header
+(``!QI``: main pickle length, number of out-of-band buffers; then one ``!Q``
+length per buffer), the protocol-5 pickle, and the raw buffers. Objects that
+support out-of-band pickling (numpy arrays, ``pickle.PickleBuffer``) are
+sent without being copied into the pickle.
+
+Only Unix-domain sockets inside the runtime's private (0700) directory are
+used, so nothing here is reachable from another host.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import struct
+
+_HEAD = struct.Struct("!QI")
+_LEN = struct.Struct("!Q")
+_SMALL = 256 * 1024
+
+
+def dumps(obj) -> list:
+    """Serialise ``obj`` into the list of byte chunks of one frame."""
+    bufs: list = []
+    main = pickle.dumps(obj, protocol=5, buffer_callback=bufs.append)
+    raws = [b.raw() for b in bufs]
+    head = _HEAD.pack(len(main), len(raws)) + b"".join(_LEN.pack(r.nbytes) for r in raws)
+    return [head, main, *raws]
+
+
+def send_chunks(sock: socket.socket, chunks: list) -> None:
+    total = sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)
+    if total <= _SMALL:
+        sock.sendall(b"".join(chunks))
+    else:
+        for c in chunks:
+            sock.sendall(c)
+
+
+def send(sock: socket.socket, obj) -> None:
+    """Send one object as a frame. Raises what pickling raises, before sending anything."""
+    send_chunks(sock, dumps(obj))
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise EOFError("connection closed")
+        got += k
+    return buf
+
+
+def recv(sock: socket.socket):
+    """Receive one frame and unpickle it. Raises EOFError when the peer closed."""
+    mlen, nbufs = _HEAD.unpack(_recv_exact(sock, _HEAD.size))
+    lens = [_LEN.unpack_from(_recv_exact(sock, 8))[0] for _ in range(nbufs)] if nbufs else []
+    main = _recv_exact(sock, mlen)
+    bufs = [_recv_exact(sock, n) for n in lens]
+    return pickle.loads(main, buffers=bufs)
+
+
+def connect(path: str, timeout: float | None = None) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if timeout is not None:
+        s.settimeout(timeout)
+    s.connect(path)
+    s.settimeout(None)
+    return s
+
+
+def listen(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.listen(128)
+    return s

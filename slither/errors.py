@@ -1,0 +1,211 @@
+"""Exceptions raised by Slither.
+
+::
+
+    SlitherError (Exception)
+    ├── ConfigurationError (ValueError)    bad option or argument, raised before work starts
+    ├── RuntimeNotStarted (RuntimeError)   a call on a runtime that is not running
+    ├── DispatchError                       a batch failed under on_error="halt"
+    ├── PipeError                           a pipe stage failed under "halt"
+    ├── PipeDefinitionError (TypeError)     a Pipe class is malformed
+    ├── StageFailure                        an inline stage returned Fail(reason)
+    ├── PipeFull                            submit_nowait on a full long-lived pipe
+    ├── StoreError                          a store write or reload failed
+    │   ├── ViewNotFound (KeyError)
+    │   └── ViewTimeout (TimeoutError)
+    └── BatchFailure                        why one batch failed (the ``reason``)
+        ├── WorkerError                     the batch function raised
+        ├── WorkerCrashed                   the worker process died under the batch
+        ├── BatchTimeout (TimeoutError)     the batch ran past ``timeout``; its worker was killed
+        ├── BadBatchResult (TypeError)      not a list, or the wrong length
+        ├── SerializationError (TypeError)  an item or result could not be pickled
+        └── PoolDown                        the pool exceeded its restart intensity
+
+A ``BatchFailure`` is what ``DispatchError.reason`` holds, what
+``meta["error"]`` holds on skipped items, and what ``Route`` handlers get.
+``PoolDown`` is also raised directly to every caller waiting on a pool that
+went down, and to every new call on it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SlitherError(Exception):
+    """Base class of every exception Slither raises."""
+
+
+class ConfigurationError(SlitherError, ValueError):
+    """An option or argument is invalid. Raised before any work starts."""
+
+
+class RuntimeNotStarted(SlitherError, RuntimeError):
+    """The runtime is not running (never started, or already shut down)."""
+
+
+class BatchFailure(SlitherError):
+    """Why a batch failed. Subclasses say how."""
+
+    #: True when retrying the same batch can succeed (a crash, a timeout).
+    retryable: bool = True
+
+
+class WorkerError(BatchFailure):
+    """The batch function raised in the worker.
+
+    Attributes:
+        remote_type: name of the exception type raised remotely.
+        remote_message: its ``str()``.
+        remote_traceback: the formatted traceback text from the worker.
+    """
+
+    def __init__(self, remote_type: str, remote_message: str, remote_traceback: str = ""):
+        super().__init__(f"{remote_type}: {remote_message}")
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self):
+        return (type(self), (self.remote_type, self.remote_message, self.remote_traceback))
+
+
+class WorkerCrashed(BatchFailure):
+    """The worker process died while it held the batch (exit, signal, OOM)."""
+
+    def __init__(self, message: str, pid: int | None = None, exitcode: int | None = None):
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.pid, self.exitcode))
+
+
+class BatchTimeout(BatchFailure, TimeoutError):
+    """The batch ran longer than its ``timeout``; the worker was killed and replaced."""
+
+
+class BadBatchResult(BatchFailure, TypeError):
+    """The batch function returned something other than a list of the batch's length."""
+
+    retryable = False
+
+
+class SerializationError(BatchFailure, TypeError):
+    """An item, a function or a result could not be pickled.
+
+    Attributes:
+        item_id: the id of the offending item, when one item is to blame.
+    """
+
+    retryable = False
+
+    def __init__(self, message: str, item_id: Any = None):
+        super().__init__(message)
+        self.item_id = item_id
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.item_id))
+
+
+class PoolDown(BatchFailure):
+    """The pool exceeded its restart intensity and no longer serves work.
+
+    Every caller waiting on the pool gets it at once; new calls get it
+    immediately. Start the pool again with ``Runtime.restart_pool(name)``.
+    """
+
+    retryable = False
+
+    def __init__(self, pool: str, message: str | None = None):
+        super().__init__(message or f"pool {pool!r} is down: restart intensity exceeded")
+        self.pool = pool
+
+    def __reduce__(self):
+        return (type(self), (self.pool, str(self)))
+
+
+class DispatchError(SlitherError):
+    """A batch failed and the error policy was ``"halt"``.
+
+    Attributes:
+        reason: the :class:`BatchFailure` (also set as ``__cause__``).
+        batch_ref: the failing batch's reference (its index in the dispatch).
+        partial_results: items finished before the failure, in the order
+            the dispatch would have returned them.
+    """
+
+    def __init__(self, reason: BaseException, batch_ref: Any = None, partial_results: list | None = None):
+        super().__init__(f"batch {batch_ref} failed: {type(reason).__name__}: {reason}")
+        self.reason = reason
+        self.batch_ref = batch_ref
+        self.partial_results = list(partial_results or [])
+
+
+class PipeError(SlitherError):
+    """A pipe stage failed under the ``"halt"`` policy.
+
+    Attributes: ``pipe``, ``stage``, ``reason`` (also ``__cause__``),
+    ``partial_results`` (the outputs mapping gathered so far).
+    """
+
+    def __init__(self, pipe: str, stage: str | None, reason: BaseException, partial_results: Any = None):
+        super().__init__(f"pipe {pipe!r}, stage {stage!r}: {type(reason).__name__}: {reason}")
+        self.pipe = pipe
+        self.stage = stage
+        self.reason = reason
+        self.partial_results = partial_results
+
+
+class PipeDefinitionError(SlitherError, TypeError):
+    """A Pipe subclass is malformed (raised when the class is created)."""
+
+
+class StageFailure(SlitherError):
+    """An inline stage returned ``Fail(reason)``; ``reason`` is kept as ``.reason``."""
+
+    def __init__(self, reason):
+        super().__init__(str(reason))
+        self.reason = reason
+
+
+class PipeFull(SlitherError):
+    """``PipeHandle.submit_nowait`` found the pipe full."""
+
+
+class StoreError(SlitherError):
+    """A store write, reload or read setup failed."""
+
+
+class ViewNotFound(StoreError, KeyError):
+    """No view of that name is callable here (unknown, or session-scoped outside its pipe run)."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want the sentence.
+        return str(self.args[0]) if self.args else ""
+
+
+class ViewTimeout(StoreError, TimeoutError):
+    """A view handler ran past its timeout."""
+
+
+__all__ = [
+    "SlitherError",
+    "ConfigurationError",
+    "RuntimeNotStarted",
+    "BatchFailure",
+    "WorkerError",
+    "WorkerCrashed",
+    "BatchTimeout",
+    "BadBatchResult",
+    "SerializationError",
+    "PoolDown",
+    "DispatchError",
+    "PipeError",
+    "PipeDefinitionError",
+    "StoreError",
+    "StageFailure",
+    "PipeFull",
+    "ViewNotFound",
+    "ViewTimeout",
+]

@@ -1,0 +1,71 @@
+"""Helpers shared by the examples: checks, timing, optional extras."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+
+
+class MissingExtra(Exception):
+    """An optional package of the ``examples`` extra is not installed."""
+
+
+def need(module: str, package: str | None = None):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(f"this example needs {package or module}: pip install 'slither[examples]'") from None
+
+
+class Checks:
+    """Collects ``check <what>: PASS|FAIL`` lines, each computed, never assumed."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.results: list[tuple[str, bool]] = []
+
+    def check(self, what: str, ok: bool, detail: str = "") -> bool:
+        ok = bool(ok)
+        self.results.append((what, ok))
+        print(f"check {what}: {'PASS' if ok else 'FAIL'}" + (f"  ({detail})" if detail else ""), flush=True)
+        return ok
+
+    @property
+    def passed(self) -> bool:
+        return all(ok for _, ok in self.results)
+
+
+class Timer:
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.elapsed = time.perf_counter() - self.t0
+
+
+def report(name: str, elapsed: float, n: int, unit: str = "items") -> None:
+    rate = n / elapsed if elapsed > 0 else float("inf")
+    print(f"{name}: {n} {unit} in {elapsed:.3f}s ({rate:,.0f} {unit}/s)", flush=True)
+
+
+def run_threads(work, data: list, threads: int) -> None:
+    """Split ``data`` into ``threads`` contiguous chunks and run ``work(chunk)`` on each thread."""
+    import threading
+
+    step = max(1, (len(data) + threads - 1) // threads)
+    ts = [threading.Thread(target=work, args=(data[i : i + step],)) for i in range(0, len(data), step)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+def gil_status() -> str:
+    f = getattr(sys, "_is_gil_enabled", None)
+    return "free-threaded (no GIL)" if f is not None and not f() else "GIL enabled"
+
+
+def progress_wanted() -> bool:
+    return sys.stderr.isatty()

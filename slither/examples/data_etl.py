@@ -1,0 +1,244 @@
+"""data_etl: 15,000 rows validated against a hot-reloaded schema Store.
+
+Phase 1 (5,000 rows): schema v1 (name ≥ 1 char, age 0–150, email required).
+Hot reload to v2 (name ≥ 2, age 18–120, email ``^[^@]+@[^@]+$``, optional
+role). Phase 3 runs *while* another reload (to v3, same rules as v2 under a
+new version) happens. Transform rules come from the Store too: rename name →
+full_name, cast age to int, default role "user". Every row records the
+version of the schema *and* of the transform rules it used, read in one
+snapshot: the check is that they always agree (one whole version per row).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import tempfile
+import threading
+from collections import Counter
+
+import slither
+from slither import stage
+from slither.examples._common import Checks, Timer, gil_status, report
+
+SCHEMAS = {
+    1: {"name_min": 1, "age_min": 0, "age_max": 150, "email_re": None, "roles": None},
+    2: {"name_min": 2, "age_min": 18, "age_max": 120, "email_re": r"^[^@]+@[^@]+$", "roles": ["user", "admin"]},
+    3: {"name_min": 2, "age_min": 18, "age_max": 120, "email_re": r"^[^@]+@[^@]+$", "roles": ["user", "admin"]},
+}
+TRANSFORMS = {"rename": {"name": "full_name"}, "cast_int": ["age"], "defaults": {"role": "user"}}
+
+
+class SchemaStore(slither.Store):
+    """Which version ``load`` installs is read from a file named by ``version_file``."""
+
+    tables = [slither.Table("schema"), slither.Table("transforms")]
+    version_file = ""
+
+    def load(self, tables):
+        v = int(json.load(open(self.version_file))["version"]) if self.version_file else 1
+        tables["schema"].put("rules", {"version": v, **SCHEMAS[v]})
+        tables["transforms"].put("rules", {"version": v, **TRANSFORMS})
+
+
+def set_version(v: int) -> None:
+    with open(SchemaStore.version_file, "w") as f:
+        json.dump({"version": v}, f)
+
+
+def make_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        rows.append(
+            {
+                "name": rng.choice(["", "A", "Bo", "Carla", "Dmitri"]),
+                "age": str(rng.randint(-5, 160)),
+                "email": rng.choice(["x@y.org", "bad-email", "", "a@b"]),
+                **({"role": rng.choice(["admin", "user", "guest"])} if rng.random() < 0.5 else {}),
+            }
+        )
+    return rows
+
+
+def validate(row: dict, s: dict) -> list[str]:
+    errs = []
+    if len(row.get("name", "")) < s["name_min"]:
+        errs.append("name")
+    try:
+        age = int(row["age"])
+        if not s["age_min"] <= age <= s["age_max"]:
+            errs.append("age")
+    except (KeyError, ValueError):
+        errs.append("age")
+    email = row.get("email", "")
+    if not email or (s["email_re"] and not re.match(s["email_re"], email)):
+        errs.append("email")
+    if s["roles"] is not None and "role" in row and row["role"] not in s["roles"]:
+        errs.append("role")
+    return errs
+
+
+def transform(row: dict, t: dict) -> dict:
+    out = {t["rename"].get(k, k): v for k, v in row.items()}
+    for k in t["cast_int"]:
+        out[k] = int(out[k])
+    for k, v in t["defaults"].items():
+        out.setdefault(k, v)
+    return out
+
+
+_audit = Counter()
+
+
+def validate_batch(rows: list[dict]) -> list[dict]:
+    """Runs in a worker: one snapshot gives schema and transforms of one version."""
+    with SchemaStore.snapshot() as s:
+        schema = s.get("schema", "rules")
+        rules = s.get("transforms", "rules")
+    out = []
+    for row in rows:
+        errs = validate(row, schema)
+        res = {
+            "schema_version": schema["version"],
+            "transform_version": rules["version"],
+            "errors": errs,
+            "row": transform(row, rules) if not errs else row,
+        }
+        _audit["valid" if not errs else "invalid"] += 1
+        out.append(res)
+    return out
+
+
+def audit() -> dict:
+    return dict(_audit)
+
+
+def reset_audit() -> None:
+    _audit.clear()
+
+
+def is_valid(item) -> bool:
+    return not item.payload["errors"]
+
+
+class EtlPipe(slither.Pipe):
+    stores = {"schema": SchemaStore}
+    stages = [
+        stage.inline(
+            "prepare", handler=lambda item, ctx: {k: (v.strip() if isinstance(v, str) else v) for k, v in item.payload.items()}
+        ),
+        stage.pool("validate", fn="slither.examples.data_etl:validate_batch", batch_size=100, max_in_flight=4),
+        stage.router("route", routes=[(is_valid, "valid")]),
+    ]
+    outputs = ["valid"]
+
+
+def run(workers: int = 2, progress: bool = False) -> bool:
+    checks = Checks("data_etl")
+    tmp = tempfile.mkdtemp(prefix="slither-etl-")
+    SchemaStore.version_file = os.path.join(tmp, "version.json")
+    set_version(1)
+    phases = [make_rows(5000, seed) for seed in (1, 2, 3)]
+    all_results = []
+    try:
+        with slither.Runtime(pools={"default": workers}, stores=[SchemaStore]) as rt:
+            rt.run_on_workers(reset_audit)
+            with Timer() as t:
+                p1 = rt.run_pipe(EtlPipe, phases[0], progress=progress)
+                set_version(2)
+                SchemaStore.reload()
+                p2 = rt.run_pipe(EtlPipe, phases[1], progress=progress)
+                set_version(3)
+                reloader = threading.Timer(0.05, SchemaStore.reload)  # lands mid-phase
+                reloader.start()
+                p3 = rt.run_pipe(EtlPipe, phases[2], progress=progress)
+                reloader.join()
+            report("data_etl (slither)", t.elapsed, 15000, "rows")
+            audits = rt.run_on_workers(audit)
+        for label, res, allowed in (("phase 1", p1, {1}), ("phase 2", p2, {2}), ("phase 3", p3, {2, 3})):
+            rows = res["valid"] + res["default"]
+            all_results += rows
+            versions = Counter(i.payload["schema_version"] for i in rows)
+            print(f"{label}: {len(res['valid'])} valid, {len(res['default'])} invalid, schema versions {dict(versions)}")
+            checks.check(
+                f"{label}: every row validated under an expected version", set(versions) <= allowed and len(rows) == 5000
+            )
+        checks.check(
+            "every row used one whole schema version (schema and transforms agree)",
+            all(i.payload["schema_version"] == i.payload["transform_version"] for i in all_results),
+        )
+        direct_ok = sum(1 for phase, v in ((phases[0], 1), (phases[1], 2)) for r in phase if not validate(r, SCHEMAS[v]))
+        got_ok = len(p1["valid"]) + len(p2["valid"])
+        checks.check("phases 1-2 valid counts equal a direct validation", got_ok == direct_ok, f"{got_ok} vs {direct_ok}")
+        checks.check(
+            "transforms applied (full_name, int age, default role)",
+            all(
+                "full_name" in i.payload["row"] and isinstance(i.payload["row"]["age"], int) and "role" in i.payload["row"]
+                for i in p1["valid"] + p2["valid"] + p3["valid"]
+            ),
+        )
+        merged = Counter()
+        for _, a in audits:
+            merged.update(a)
+        checks.check(
+            "per-worker audit counts merge to the totals",
+            merged["valid"] == sum(len(p["valid"]) for p in (p1, p2, p3)) and sum(merged.values()) == 15000,
+            str(dict(merged)),
+        )
+    finally:
+        try:
+            os.unlink(SchemaStore.version_file)
+            os.rmdir(tmp)
+        except OSError:
+            pass
+    return checks.passed
+
+
+def baseline(mode: str = "safe", threads: int = 4) -> bool:
+    """Threads read a shared schema dict that a reloader swaps ("unsafe": field by field)."""
+    checks = Checks(f"data_etl baseline ({mode})")
+    shared = {"schema": {"version": 2, **SCHEMAS[2]}, "transforms": {"version": 2, **TRANSFORMS}}
+    lock = threading.Lock()
+    rows = make_rows(15000, 9)
+    seen: list = []
+    stop = threading.Event()
+
+    def reloader():
+        v = 2
+        while not stop.is_set():
+            v = 3 if v == 2 else 2
+            if mode == "unsafe":
+                shared["schema"] = {"version": v, **SCHEMAS[v]}
+                shared["transforms"] = {"version": v, **TRANSFORMS}  # a reader may see the new schema, old rules
+            else:
+                new = ({"version": v, **SCHEMAS[v]}, {"version": v, **TRANSFORMS})
+                with lock:
+                    shared["schema"], shared["transforms"] = new
+
+    def work(chunk):
+        for r in chunk:
+            if mode == "unsafe":
+                s, t_ = shared["schema"], shared["transforms"]
+            else:
+                with lock:
+                    s, t_ = shared["schema"], shared["transforms"]
+            validate(r, s)
+            seen.append(s["version"] == t_["version"])
+
+    step = (len(rows) + threads - 1) // threads
+    rl = threading.Thread(target=reloader)
+    with Timer() as t:
+        rl.start()
+        ts = [threading.Thread(target=work, args=(rows[i : i + step],)) for i in range(0, len(rows), step)]
+        for th in ts:
+            th.start()
+        for th in ts:
+            th.join()
+        stop.set()
+        rl.join()
+    report(f"data_etl baseline {mode}, {threads} threads, {gil_status()}", t.elapsed, len(rows), "rows")
+    checks.check("every row used one whole schema version", all(seen), f"{seen.count(False)} mixed")
+    return checks.passed

@@ -1,0 +1,422 @@
+"""An Erlang/OTP-style ``Supervisor`` as a Thespian actor.
+
+Thespian only *reports* that a child exited (``ChildActorExited``), and not
+always (a graceful exit is reported twice; a SIGKILLed grandchild is never
+reported). This supervisor adds what OTP gives: child specs, restart types,
+strategies, restart intensity, and a liveness watch on each child's process
+id so a death is noticed even when the message never comes.
+
+Use it in your own Thespian application::
+
+    from thespian.actors import ActorSystem
+    from slither.supervision import ChildSpec, Supervisor, SupervisorInit
+
+    asys = ActorSystem("multiprocTCPBase")
+    sup = asys.createActor(Supervisor)
+    asys.ask(sup, SupervisorInit(
+        strategy="one_for_one", max_restarts=3, max_seconds=5.0,
+        children=[ChildSpec("worker-1", MyActor, init=Configure(...))]), 5)
+
+Children are created in the supervisor's process (Thespian forks them from
+it). After each (re)start the supervisor sends the child ``Identify()``;
+actors that derive from :class:`SupervisedActor` answer with their pid and
+are watched by pid as well. Then ``spec.init`` (if any) is sent.
+
+Restart types: ``permanent`` (always restarted), ``transient`` (restarted
+unless it announced a normal exit with :class:`ExitingNormally`),
+``temporary`` (never restarted). Strategies: ``one_for_one``,
+``one_for_all``, ``rest_for_one``. More than ``max_restarts`` restarts
+within ``max_seconds``: the supervisor stops every child and exits; its own
+parent sees the exit (``ChildActorExited``) and applies *its* child spec,
+exactly as OTP does.
+
+Links: a Thespian child actor does not notice that its parent died (a
+supervisor shut down while a child was still starting leaves that child
+running forever). Every :class:`Supervisor` and :class:`SupervisedActor`
+process therefore dies with its parent process, as a linked Erlang process
+does (Linux ``PR_SET_PDEATHSIG``; elsewhere nothing changes).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections import deque
+from datetime import timedelta
+from typing import Any
+
+import attrs
+from thespian.actors import (
+    Actor,
+    ActorExitRequest,
+    ChildActorExited,
+    PoisonMessage,
+    WakeupMessage,
+)
+
+RESTART_TYPES = ("permanent", "transient", "temporary")
+STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+_LIVENESS_PERIOD = timedelta(seconds=0.25)
+
+
+def _cheap_repr(self) -> str:
+    return f"<{type(self).__name__}>"
+
+
+@attrs.frozen(repr=False)
+class ChildSpec:
+    """How to start and restart one child.
+
+    Args:
+        id: the child's name, unique within its supervisor.
+        actor: the Thespian ``Actor`` subclass to create.
+        init: a message sent to the child after each (re)start, or None.
+        restart: ``"permanent"``, ``"transient"`` or ``"temporary"``.
+    """
+
+    id: str
+    actor: type
+    init: Any = None
+    restart: str = attrs.field(default="permanent")
+
+    @restart.validator
+    def _check_restart(self, _attr, value):
+        if value not in RESTART_TYPES:
+            raise ValueError(f"ChildSpec {self.id!r}: restart must be one of {RESTART_TYPES}, got {value!r}")
+
+    __repr__ = _cheap_repr
+
+
+@attrs.frozen(repr=False)
+class SupervisorInit:
+    """The first message a :class:`Supervisor` needs. Answered with :class:`Identity`."""
+
+    strategy: str = "one_for_one"
+    max_restarts: int = 3
+    max_seconds: float = 5.0
+    children: tuple = ()
+    name: str = "supervisor"
+
+    def __attrs_post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"supervisor {self.name!r}: strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.max_restarts < 0 or self.max_seconds <= 0:
+            raise ValueError(f"supervisor {self.name!r}: need max_restarts >= 0 and max_seconds > 0")
+
+    __repr__ = _cheap_repr
+
+
+@attrs.frozen(repr=False)
+class StartChild:
+    """Add and start a child; answered with :class:`ChildStarted`."""
+
+    spec: ChildSpec
+    __repr__ = _cheap_repr
+
+
+@attrs.frozen(repr=False)
+class ChildStarted:
+    id: str
+    address: Any
+    __repr__ = _cheap_repr
+
+
+@attrs.frozen(repr=False)
+class StopChild:
+    """Stop a child and forget its spec; answered with :class:`ChildStopped`."""
+
+    id: str
+    __repr__ = _cheap_repr
+
+
+@attrs.frozen(repr=False)
+class ChildStopped:
+    id: str
+    __repr__ = _cheap_repr
+
+
+@attrs.frozen(repr=False)
+class WhichChildren:
+    """Answered with a list of ``(id, alive, pid, restarts)`` tuples."""
+
+    __repr__ = _cheap_repr
+
+
+@attrs.frozen(repr=False)
+class Identify:
+    __repr__ = _cheap_repr
+
+
+@attrs.frozen(repr=False)
+class Identity:
+    pid: int
+    pgid: int
+    __repr__ = _cheap_repr
+
+
+@attrs.frozen(repr=False)
+class ExitingNormally:
+    """A child tells its supervisor it is about to exit on purpose (for ``transient``)."""
+
+    __repr__ = _cheap_repr
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (Linux /proc; kill(0) elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+
+def _die_with_parent() -> None:
+    """Link this actor's process to its parent's: when the parent dies, so does it.
+
+    Only in a process Thespian forked for an actor (never in the caller's own
+    process, as with ``simpleSystemBase``), and only on Linux.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "startChild" and code.co_filename.endswith(os.path.join("thespian", "system", "multiprocCommon.py")):
+            break
+        frame = frame.f_back
+    if frame is None:
+        return  # not an actor process Thespian started
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent.pid:  # the parent died before the link was made
+        os._exit(0)
+
+
+class SupervisedActor(Actor):
+    """Base for actors that answer :class:`Identify`, so supervisors watch their pid.
+
+    Subclasses implement :meth:`on_message`. An exception in it is logged
+    and, as in Erlang, ends the process so the supervisor restarts it. The
+    process dies with its parent (see the module docstring, "Links").
+    """
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        _die_with_parent()
+
+    def receiveMessage(self, message, sender):
+        if isinstance(message, Identify):
+            self.send(sender, Identity(os.getpid(), os.getpgid(0)))
+            return
+        if isinstance(message, (ActorExitRequest, ChildActorExited, PoisonMessage)) and not self.handles_system(message):
+            return
+        try:
+            self.on_message(message, sender)
+        except Exception:
+            import traceback
+
+            traceback.print_exc()
+            os._exit(70)
+
+    def handles_system(self, message) -> bool:  # noqa: ARG002 - hook
+        """Return True to receive Thespian system messages in :meth:`on_message`."""
+        return False
+
+    def on_message(self, message, sender) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class _Child:
+    __slots__ = ("spec", "address", "pid", "normal_exit", "restarts")
+
+    def __init__(self, spec: ChildSpec):
+        self.spec = spec
+        self.address = None
+        self.pid: int | None = None
+        self.normal_exit = False
+        self.restarts = 0
+
+
+class Supervisor(Actor):
+    """A reusable supervisor actor. See the module docstring.
+
+    Subclass hooks (all run in the supervisor's process):
+    :meth:`on_child_identified`, :meth:`on_give_up`, :meth:`on_init`.
+    """
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        _die_with_parent()
+        self._cfg: SupervisorInit | None = None
+        self._children: list[_Child] = []
+        self._restarts: deque = deque()
+        self._stopping = False
+        self._watching = False
+
+    # -- hooks ---------------------------------------------------------
+    def on_init(self, init: SupervisorInit) -> None:
+        """Called once, before the initial children start."""
+
+    def on_child_identified(self, child_id: str, pid: int) -> None:
+        """Called when a (re)started child reports its pid."""
+
+    def on_give_up(self) -> None:
+        """Called when restart intensity is exceeded, before children stop."""
+
+    def on_other_message(self, message, sender) -> None:
+        """Messages this supervisor does not know; default: ignore."""
+
+    # -- message loop --------------------------------------------------
+    def receiveMessage(self, message, sender):
+        if isinstance(message, SupervisorInit):
+            if self._cfg is None:
+                self._cfg = message
+                self.on_init(message)
+                for spec in message.children:
+                    self._add(spec)
+            self.send(sender, Identity(os.getpid(), os.getpgid(0)))
+        elif isinstance(message, Identify):
+            self.send(sender, Identity(os.getpid(), os.getpgid(0)))
+        elif isinstance(message, StartChild):
+            child = self._add(message.spec)
+            self.send(sender, ChildStarted(message.spec.id, child.address))
+        elif isinstance(message, StopChild):
+            for child in list(self._children):
+                if child.spec.id == message.id:
+                    self._children.remove(child)
+                    if child.address is not None:
+                        self.send(child.address, ActorExitRequest())
+            self.send(sender, ChildStopped(message.id))
+        elif isinstance(message, WhichChildren):
+            self.send(
+                sender,
+                [(c.spec.id, c.address is not None, c.pid, c.restarts) for c in self._children],
+            )
+        elif isinstance(message, Identity):
+            for child in self._children:
+                if child.address == sender:
+                    child.pid = message.pid
+                    self.on_child_identified(child.spec.id, message.pid)
+                    self._watch()
+        elif isinstance(message, ExitingNormally):
+            for child in self._children:
+                if child.address == sender:
+                    child.normal_exit = True
+        elif isinstance(message, ChildActorExited):
+            self._exited(message.childAddress)
+        elif isinstance(message, WakeupMessage):
+            self._watching = False
+            if not self._stopping:
+                for child in list(self._children):
+                    if child.pid is not None and child.address is not None and not pid_alive(child.pid):
+                        self._exited(child.address)
+                self._watch()
+        elif isinstance(message, ActorExitRequest):
+            self._stopping = True
+            for child in self._children:
+                if child.address is not None:
+                    self.send(child.address, ActorExitRequest())
+        elif isinstance(message, (PoisonMessage,)):
+            pass
+        else:
+            self.on_other_message(message, sender)
+
+    # -- internals -----------------------------------------------------
+    def _watch(self) -> None:
+        if not self._watching and not self._stopping:
+            self._watching = True
+            self.wakeupAfter(_LIVENESS_PERIOD)
+
+    def _add(self, spec: ChildSpec) -> _Child:
+        if any(c.spec.id == spec.id for c in self._children):
+            raise ValueError(f"duplicate child id {spec.id!r}")
+        child = _Child(spec)
+        self._children.append(child)
+        self._start(child)
+        return child
+
+    def _start(self, child: _Child) -> None:
+        child.address = self.createActor(child.spec.actor)
+        child.pid = None
+        child.normal_exit = False
+        self.send(child.address, Identify())
+        if child.spec.init is not None:
+            self.send(child.address, child.spec.init)
+
+    def _exited(self, address) -> None:
+        child = next((c for c in self._children if c.address is not None and c.address == address), None)
+        if child is None or self._stopping:
+            return  # a duplicate report, or a child we already replaced or stopped
+        child.address = None
+        restart = child.spec.restart
+        if restart == "temporary" or (restart == "transient" and child.normal_exit):
+            self._children.remove(child)
+            return
+        if not self._allow_restart():
+            self._give_up()
+            return
+        strategy = self._cfg.strategy if self._cfg else "one_for_one"
+        if strategy == "one_for_one":
+            victims = [child]
+        elif strategy == "one_for_all":
+            victims = list(self._children)
+        else:
+            victims = self._children[self._children.index(child) :]
+        for v in victims:
+            if v is not child and v.address is not None:
+                old = v.address
+                v.address = None  # its exit report will find no match
+                self.send(old, ActorExitRequest())
+        for v in victims:
+            v.restarts += 1
+            self._start(v)
+
+    def _allow_restart(self) -> bool:
+        cfg = self._cfg or SupervisorInit()
+        now = time.monotonic()
+        self._restarts.append(now)
+        while self._restarts and now - self._restarts[0] > cfg.max_seconds:
+            self._restarts.popleft()
+        return len(self._restarts) <= cfg.max_restarts
+
+    def _give_up(self) -> None:
+        self._stopping = True
+        try:
+            self.on_give_up()
+        finally:
+            for c in self._children:
+                if c.address is not None:
+                    self.send(c.address, ActorExitRequest())
+            self.send(self.myAddress, ActorExitRequest())
+
+
+__all__ = [
+    "Supervisor",
+    "SupervisedActor",
+    "ChildSpec",
+    "SupervisorInit",
+    "StartChild",
+    "ChildStarted",
+    "StopChild",
+    "ChildStopped",
+    "WhichChildren",
+    "Identify",
+    "Identity",
+    "ExitingNormally",
+    "pid_alive",
+]

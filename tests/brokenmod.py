@@ -1,0 +1,5 @@
+raise RuntimeError("brokenmod fails on import")
+
+
+def fn(xs):  # pragma: no cover
+    return xs

@@ -1,0 +1,287 @@
+"""Dispatch against a real multi-process runtime: results, faults, backpressure."""
+
+import itertools
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import slither
+from slither import BadBatchResult, BatchTimeout, DispatchError, Retry, SerializationError, WorkerCrashed
+from slither.testing import Rendezvous, crash_when, hang_when, once_per, wait_pids_gone
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_lambda_and_named_function(rt):
+    assert [i.payload for i in rt.dispatch(range(100), lambda xs: [x + 1 for x in xs], batch_size=7)] == list(range(1, 101))
+    assert [i.payload for i in rt.dispatch(range(10), "fnmod:double", batch_size=3)] == [x * 2 for x in range(10)]
+
+
+def test_closure_state_travels(rt):
+    offset = 1000
+    assert [i.payload for i in rt.dispatch([1, 2], lambda xs: [x + offset for x in xs])] == [1001, 1002]
+
+
+def test_worker_keeps_module_state_between_batches(rt):
+    out = rt.dispatch(range(40), "fnmod:pid_and_counter", batch_size=4, max_in_flight=2)
+    by_pid = {}
+    for i in out:
+        pid, count = i.payload
+        by_pid.setdefault(pid, []).append(count)
+    assert any(max(counts) > 4 for counts in by_pid.values())  # a counter outlived its batch
+
+
+@pytest.mark.chaos
+def test_os_exit_mid_batch_fails_only_that_batch(rt):
+    fn = crash_when(lambda xs: [x * 3 for x in xs], lambda x: x == 13, exitcode=7)
+    out = rt.dispatch(range(40), fn, batch_size=4, on_error="skip")
+    skipped = [i.payload for i in out if i.meta.get("skipped")]
+    assert skipped == [12, 13, 14, 15]
+    assert isinstance(out[13].meta["error"], WorkerCrashed)
+    assert [i.payload for i in out if not i.meta.get("skipped")] == [x * 3 for x in range(40) if not 12 <= x <= 15]
+    # the pool is whole again
+    assert len(rt.dispatch(range(8), lambda xs: xs, batch_size=1)) == 8
+
+
+def test_os_exit_under_halt_raises_worker_crashed(rt):
+    fn = crash_when(lambda xs: xs, lambda x: x == 5)
+    with pytest.raises(DispatchError) as ei:
+        rt.dispatch(range(10), fn, batch_size=2)
+    assert isinstance(ei.value.reason, WorkerCrashed)
+    assert ei.value.batch_ref == 2
+
+
+@pytest.mark.chaos
+def test_sigkilled_worker_batch_is_retried_elsewhere(rt):
+    with Rendezvous() as rv:
+
+        def victim(xs, rv=rv):
+            if 0 in xs and not os.path.exists(marker):
+                open(marker, "w").close()
+                rv.arrive(os.getpid(), wait=True)
+            return [x + 1 for x in xs]
+
+        marker = f"/tmp/slither-test-kill-{os.getpid()}-{time.monotonic_ns()}"
+        result = {}
+        t = threading.Thread(
+            target=lambda: result.setdefault("out", rt.dispatch(range(6), victim, batch_size=2, on_error=Retry(3, backoff=0)))
+        )
+        t.start()
+        pid = rv.wait(timeout=20)
+        os.kill(pid, signal.SIGKILL)
+        t.join(30)
+        os.unlink(marker)
+    out = result["out"]
+    assert [i.payload for i in out] == [1, 2, 3, 4, 5, 6]
+    assert out[0].meta["attempts"] == 2 and out[2].meta["attempts"] == 1
+    assert pid not in rt.worker_pids()
+
+
+@pytest.mark.chaos
+def test_hung_worker_is_killed_after_timeout(rt):
+    fn = hang_when(lambda xs: xs, lambda x: x == 3)
+    out = rt.dispatch(range(8), fn, batch_size=2, timeout=0.5, on_error="skip")
+    assert [i.payload for i in out if i.meta.get("skipped")] == [2, 3]
+    assert isinstance(out[3].meta["error"], BatchTimeout)
+    assert "killed and replaced" in str(out[3].meta["error"])
+
+
+def test_poison_item_raises_worker_error_with_remote_traceback(rt):
+    def fn(xs):
+        return [1 / x for x in xs]
+
+    with pytest.raises(DispatchError) as ei:
+        rt.dispatch([1, 2, 0, 4], fn, batch_size=2)
+    reason = ei.value.reason
+    assert isinstance(reason, slither.WorkerError)
+    assert reason.remote_type == "ZeroDivisionError"
+    assert "1 / x" in reason.remote_traceback
+    assert ei.value.__cause__ is reason
+    assert [i.payload for i in ei.value.partial_results] == [1.0, 0.5]
+
+
+@pytest.mark.parametrize(
+    "fn, match", [(lambda xs: xs[:-1], "returned 1 results for 2 items"), ("fnmod:not_a_list", "returned tuple, expected a list")]
+)
+def test_wrong_results_are_bad_batch_result(rt, fn, match):
+    with pytest.raises(DispatchError, match=match) as ei:
+        rt.dispatch([1, 2], fn)
+    assert isinstance(ei.value.reason, BadBatchResult)
+
+
+def test_bad_batch_result_is_not_retried(rt):
+    out = rt.dispatch([1, 2], lambda xs: [], on_error=Retry(5, backoff=0, then="skip"))
+    assert all(i.meta["attempts"] == 1 and i.meta["skipped"] for i in out)
+
+
+def test_unpicklable_payload_names_the_item(rt):
+    lock = threading.Lock()
+    items = slither.Item.wrap_many([1, lock, 3])
+    with pytest.raises(DispatchError) as ei:
+        rt.dispatch(items, lambda xs: xs, batch_size=3)
+    assert isinstance(ei.value.reason, SerializationError)
+    assert ei.value.reason.item_id == items[1].id
+    assert f"item {items[1].id!r}" in str(ei.value)
+
+
+def test_unpicklable_result(rt):
+    with pytest.raises(DispatchError, match="result could not be pickled"):
+        rt.dispatch([1], lambda xs: [threading.Lock() for _ in xs])
+
+
+def test_unknown_module_fails_before_work(rt):
+    with pytest.raises(slither.ConfigurationError, match="no module named 'no_such_module'"):
+        rt.dispatch([1], "no_such_module:fn")
+    with pytest.raises(slither.ConfigurationError, match="expected 'module:function'"):
+        rt.dispatch([1], "fnmod")
+
+
+def test_missing_function_and_broken_import_are_worker_errors(rt):
+    with pytest.raises(DispatchError) as ei:
+        rt.dispatch([1], "fnmod:nope")
+    assert ei.value.reason.remote_type == "AttributeError"
+    with pytest.raises(DispatchError) as ei:
+        rt.dispatch([1], "brokenmod:fn")
+    assert "brokenmod fails on import" in str(ei.value)
+
+
+def test_retry_succeeds_on_later_attempt(rt, tmp_path):
+    fn = once_per(str(tmp_path), crash_when, lambda xs: [x * 2 for x in xs], lambda x: x % 5 == 0)
+    out = rt.dispatch(range(20), fn, batch_size=3, on_error=Retry(max_attempts=3, backoff=0.01))
+    assert [i.payload for i in out] == [x * 2 for x in range(20)]
+    assert max(i.meta["attempts"] for i in out) == 2
+
+
+def test_lazy_consumption_of_endless_input(rt):
+    taken = itertools.count()
+
+    def endless():
+        for n in itertools.count():
+            next(taken)
+            yield n
+
+    stream = rt.dispatch_stream(endless(), lambda xs: xs, batch_size=10, max_in_flight=3)
+    got = [next(stream).payload for _ in range(25)]
+    assert got == list(range(25))
+    # 25 handed over = 3 batches started; the window allows at most 3 more batches ahead.
+    assert next(taken) <= 10 * (3 + 3) + 1
+    stream.close()
+
+
+def test_window_bounds_batches_taken(rt):
+    pulled = []
+    with Rendezvous() as rv:
+
+        def fn(xs, rv=rv):
+            rv.arrive(xs[0], wait=True)
+            return xs
+
+        def source():
+            for n in range(100):
+                pulled.append(n)
+                yield n
+
+        res = {}
+        t = threading.Thread(target=lambda: res.setdefault("out", rt.dispatch(source(), fn, batch_size=1, max_in_flight=4)))
+        t.start()
+        rv.wait(count=2, timeout=20)  # both workers hold a batch: the dispatcher is at its window
+        assert len(pulled) <= 4 + 1
+        rv.release()
+        t.join(30)
+    assert [i.payload for i in res["out"]] == list(range(100))
+
+
+def test_two_threads_dispatch_at_once(rt):
+    results = {}
+
+    def go(name, base):
+        results[name] = [i.payload for i in rt.dispatch(range(base, base + 200), lambda xs: [x * 2 for x in xs], batch_size=5)]
+
+    threads = [threading.Thread(target=go, args=(n, n * 1000)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for n in range(3):
+        assert results[n] == [x * 2 for x in range(n * 1000, n * 1000 + 200)]
+
+
+def test_session_affinity_keeps_one_worker(rt):
+    ctx = slither.Context(session_id="affine-1")
+    pids = {
+        i.payload
+        for i in rt.dispatch(range(40), lambda xs: [os.getpid() for _ in xs], batch_size=2, affinity="session", context=ctx)
+    }
+    assert len(pids) == 1
+
+
+def test_worker_sees_context(rt):
+    ctx = slither.Context(session_id="ctx-1", metadata={"tenant": "acme"})
+    out = rt.dispatch(
+        [1], lambda xs: [(slither.worker.context().session_id, slither.worker.context().metadata["tenant"])], context=ctx
+    )
+    assert out[0].payload == ("ctx-1", "acme")
+
+
+def test_call_batch_runs_one_batch(rt):
+    out = rt.call_batch(range(10), lambda xs: [len(xs)] * len(xs))
+    assert [i.payload for i in out] == [10] * 10
+
+
+def test_as_completed_returns_everything(rt):
+    out = rt.dispatch(range(50), lambda xs: xs, batch_size=3, ordering="as_completed")
+    assert sorted(i.payload for i in out) == list(range(50))
+
+
+def test_workers_see_callers_sys_path_and_cwd(rt):
+    out = rt.dispatch([0], lambda xs: [os.getcwd()])
+    assert out[0].payload == os.getcwd()
+
+
+def test_run_on_workers_probes_each_worker(rt):
+    got = rt.run_on_workers(lambda: os.getpid())
+    assert sorted(p for p, _ in got) == rt.worker_pids() == sorted(v for _, v in got)
+
+
+@pytest.mark.chaos
+def test_keyboard_interrupt_stops_dispatch_and_kills_its_workers(rt):
+    with Rendezvous() as rv:
+
+        def fn(xs, rv=rv):
+            rv.arrive(os.getpid(), wait=True)
+            return xs
+
+        stream = rt.dispatch_stream(range(4), fn, batch_size=1)
+        holder = {}
+
+        def interrupt():
+            holder["pid"] = rv.wait(timeout=20)
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C
+
+        t = threading.Thread(target=interrupt)
+        t.start()
+        with pytest.raises(KeyboardInterrupt):
+            list(stream)
+        t.join()
+    assert not wait_pids_gone([holder["pid"]], timeout=5)
+    assert [i.payload for i in rt.dispatch(range(4), lambda xs: xs)] == [0, 1, 2, 3]  # still usable
+
+
+@pytest.mark.chaos
+def test_memory_hog_fails_as_crashed_others_survive():
+    from slither.testing import running_runtime
+
+    def hog(xs):
+        if 1 in xs:
+            blocks = []
+            while True:
+                blocks.append(bytearray(50 * 1024 * 1024))
+        return xs
+
+    with running_runtime(pools={"default": slither.PoolSpec(size=2, max_memory=1024 * 1024 * 1024)}) as rt2:
+        out = rt2.dispatch(range(6), hog, batch_size=2, on_error="skip")
+        assert [i.payload for i in out if not i.meta.get("skipped")] == [2, 3, 4, 5]
+        assert isinstance(out[0].meta["error"], (WorkerCrashed, slither.WorkerError))

@@ -1,0 +1,72 @@
+"""The public surface is exactly what we mean to publish, each with a docstring."""
+
+import inspect
+
+import slither
+
+PUBLIC = {
+    "ANY",
+    "BadBatchResult",
+    "BatchTimeout",
+    "ChildSpec",
+    "ConfigurationError",
+    "Context",
+    "DispatchError",
+    "Fail",
+    "FixedBatch",
+    "InlineExecutor",
+    "Item",
+    "KeyPartition",
+    "Pipe",
+    "PipeDefinitionError",
+    "PipeError",
+    "PipeHandle",
+    "PipeResult",
+    "PoolDown",
+    "PoolSpec",
+    "Retry",
+    "Route",
+    "Routed",
+    "Runtime",
+    "SerializationError",
+    "Skip",
+    "SlitherError",
+    "Store",
+    "StoreError",
+    "Strategy",
+    "Supervisor",
+    "Table",
+    "View",
+    "ViewNotFound",
+    "ViewTimeout",
+    "WeightedBatch",
+    "WorkerCrashed",
+    "WorkerError",
+    "call_batch",
+    "dispatch",
+    "dispatch_stream",
+    "errors",
+    "run_pipe",
+    "runtime",
+    "shutdown",
+    "stage",
+    "start",
+    "start_pipe",
+    "stream_pipe",
+    "telemetry",
+    "worker",
+    "testing",
+}
+
+
+def test_all_is_exactly_the_public_names():
+    assert set(slither.__all__) == PUBLIC
+    for name in slither.__all__:
+        assert hasattr(slither, name), name
+
+
+def test_every_public_callable_has_a_docstring():
+    for name in slither.__all__:
+        obj = getattr(slither, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj):
+            assert inspect.getdoc(obj), f"slither.{name} has no docstring"
