@@ -44,12 +44,13 @@ def chunks(n_items, size):
     return [data[i : i + size] for i in range(0, n_items, size)]
 
 
+# Every contender hands back the same thing: one flat list with a result per input item.
 def run_pool(pool, batches, fn):
-    return sum(len(r) for r in pool.imap(fn, batches))
+    return len([x for r in pool.imap(fn, batches) for x in r])
 
 
 def run_ppe(ex, batches, fn):
-    return sum(len(r) for r in ex.map(fn, batches))
+    return len([x for r in ex.map(fn, batches) for x in r])
 
 
 def run_slither(rt, items, fn, batch, window=8):
@@ -68,6 +69,27 @@ def compare(label, rt, pool, ex, items, batch, fn, repeats=5, window=8):
         flush=True,
     )
     return t_pool / t_sl
+
+
+def item_floor(items, batch, repeats=5):
+    """Batches/s of building one result Item per item in the caller, and nothing else.
+
+    dispatch returns Items (the contract); this is the ceiling that puts on
+    tiny work, measured without any process or socket.
+    """
+    from slither._item import _EMPTY, _ItemSlots
+
+    batches = [items[i : i + batch] for i in range(0, len(items), batch)]
+
+    def build():
+        out = []
+        i = 0
+        for b in batches:
+            out.extend([_ItemSlots(i + k, x, _EMPTY, "default") for k, x in enumerate(b)])
+            i += len(b)
+        return len(out)
+
+    return len(batches) / median_time(build, repeats)
 
 
 def kill_recovery(rt, n=20):
@@ -132,6 +154,14 @@ def main():
     with ctx.Pool(WORKERS) as pool, ProcessPoolExecutor(WORKERS, mp_context=ctx) as ex:
         r_tiny = compare("tiny work", rt, pool, ex, list(range(64 * (500 if quick else 3000))), 64, tiny)
         lines.append(target("tiny work, batch 64, max_in_flight 8: dispatch / Pool.imap", r_tiny, 1.0))
+        tiny_items = list(range(64 * (500 if quick else 3000)))
+        floor = item_floor(tiny_items, 64)
+        pool_rate = len(tiny_items) / 64 / median_time(lambda: run_pool(pool, chunks(len(tiny_items), 64), tiny), 3)
+        print(
+            f"tiny work ceiling: building the result Items alone (no processes) runs at {floor:,.0f} batches/s "
+            f"= {floor / pool_rate:.2f}× Pool.imap ({pool_rate:,.0f} batches/s)",
+            flush=True,
+        )
         r_busy = compare("2 ms batches", rt, pool, ex, list(range(64 * (100 if quick else 400))), 64, busy_2ms, repeats=3)
         lines.append(target("~2 ms batches: dispatch / Pool.imap", r_busy, 0.95))
         import numpy as np

@@ -41,7 +41,7 @@ import attrs
 import cloudpickle
 
 from slither import _wire, telemetry
-from slither._item import Context, Item, _make
+from slither._item import _EMPTY, Context, Item, _ItemSlots, _make, _next_ids
 from slither._pool import Task, new_ref
 from slither.errors import (
     BadBatchResult,
@@ -266,14 +266,42 @@ def _resolve_fn(fn) -> tuple[Any, bytes | None]:
 
 
 class _Batch:
-    __slots__ = ("seq", "items", "attempts", "chunks", "t0")
+    """One batch of a dispatch.
 
-    def __init__(self, seq, items):
+    A batch cut from raw payloads (the common case) keeps the payloads and
+    a range of fresh ids, and builds its input Items only if something needs
+    them (a failure policy, an executor): the result Items carry the same ids.
+    """
+
+    __slots__ = ("seq", "_items", "ids", "payloads", "attempts", "chunks", "t0")
+
+    def __init__(self, seq, items, ids=None, payloads=None):
         self.seq = seq
-        self.items = items
+        self._items = items
+        self.ids = ids
+        self.payloads = payloads
         self.attempts = 0
         self.chunks = None
         self.t0 = 0
+
+    @property
+    def items(self) -> list[Item]:
+        if self._items is None:
+            self._items = [_ItemSlots(i, p, _EMPTY, "default") for i, p in zip(self.ids, self.payloads)]
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self.payloads) if self._items is None else len(self._items)
+
+
+class _RawChunk:
+    """What ``_fixed_batches`` yields for a chunk of payloads (no Items yet)."""
+
+    __slots__ = ("ids", "payloads")
+
+    def __init__(self, ids, payloads):
+        self.ids = ids
+        self.payloads = payloads
 
 
 class _Dispatch:
@@ -352,8 +380,6 @@ class _Dispatch:
     # ---------------------------------------------------------------
     def _wrapped(self):
         # Ids come in blocks of 1024: one lock per block, not per item.
-        from slither._item import _EMPTY, _make, _next_ids
-
         ids = iter(())
         for x in self.items:
             if isinstance(x, Item):
@@ -366,19 +392,21 @@ class _Dispatch:
             yield _make(Item, i, x, _EMPTY, "default")
 
     def _fixed_batches(self, size: int):
-        """FixedBatch over the input, wrapping payloads a chunk at a time (the hot path)."""
-        from slither._item import _EMPTY, _make, _next_ids
-
+        """FixedBatch over the input (the hot path): a chunk of payloads stays unwrapped."""
         it = iter(self.items)
         while True:
             chunk = list(itertools.islice(it, size))
             if not chunk:
                 return
-            ids = iter(_next_ids(len(chunk)))
-            yield [x if isinstance(x, Item) else _make(Item, next(ids), x, _EMPTY, "default") for x in chunk]
+            ids = _next_ids(len(chunk))
+            if not any(issubclass(t, Item) for t in set(map(type, chunk))):  # C-speed scan: usually one type
+                yield _RawChunk(ids, chunk)
+                continue
+            ids = iter(ids)
+            yield [x if isinstance(x, Item) else _ItemSlots(next(ids), x, _EMPTY, "default") for x in chunk]
 
     def _pickle(self, b: _Batch, ref: int) -> list:
-        payloads = [i.payload for i in b.items]
+        payloads = b.payloads if b.payloads is not None else [i.payload for i in b.items]
         try:
             return _wire.dumps(("batch", ref, self.fn_key, payloads, self.ctx))
         except Exception as exc:
@@ -396,7 +424,7 @@ class _Dispatch:
         return {
             "pool": self.pool_name,
             "batch_ref": b.seq,
-            "batch_size": len(b.items),
+            "batch_size": len(b),
             "session_id": self.ctx.session_id,
             "attempt": b.attempts,
             "pipe": self.ctx.pipe,
@@ -452,8 +480,10 @@ class _Dispatch:
     def _finish_ok(self, b: _Batch, result, pid) -> list[Item]:
         if self.executor is not None:
             out = result
+        elif b._items is None:
+            out = [_ItemSlots(i, r, _EMPTY, "default") for i, r in zip(b.ids, result)]
         else:
-            out = [_make(Item, i.id, r, i.meta, i.route) for i, r in zip(b.items, result)]
+            out = [_make(Item, i.id, r, i.meta, i.route) for i, r in zip(b._items, result)]
         if isinstance(self.on_error, Retry):
             out = [i.put_meta({"attempts": b.attempts}) for i in out]
         if telemetry.has_handlers(("slither", "dispatch", "batch", "stop")):
@@ -528,15 +558,18 @@ class _Dispatch:
                     except StopIteration:
                         exhausted = True
                         break
-                    if items is None and self.allow_idle:
-                        idle = True  # a pipe stage's source has nothing right now: deliver results meanwhile
-                        break
-                    if not isinstance(items, list) or not items:
-                        raise ConfigurationError(
-                            f"strategy {type(self.strategy).__name__} produced {items!r} as batch {seq}; "
-                            "expected a non-empty list of Items"
-                        )
-                    b = _Batch(seq, items)
+                    if type(items) is _RawChunk:
+                        b = _Batch(seq, None, items.ids, items.payloads)
+                    else:
+                        if items is None and self.allow_idle:
+                            idle = True  # a pipe stage's source has nothing right now: deliver results meanwhile
+                            break
+                        if not isinstance(items, list) or not items:
+                            raise ConfigurationError(
+                                f"strategy {type(self.strategy).__name__} produced {items!r} as batch {seq}; "
+                                "expected a non-empty list of Items"
+                            )
+                        b = _Batch(seq, items)
                     seq += 1
                     window += 1
                     self._submit(b, q)

@@ -38,10 +38,31 @@ def _freeze(mapping: Mapping | None) -> Mapping:
 _set = object.__setattr__
 
 
+class _ItemSlots:
+    """The storage of :class:`Item`, with a plain (fast) ``__init__``.
+
+    ``Item`` is an attrs frozen class that adds no slots to this base, so an
+    instance built here can become an ``Item`` by ``__class__`` assignment:
+    about twice as fast as the frozen ``__init__`` (which must go through
+    ``object.__setattr__``). Dispatch builds one Item per result this way.
+    """
+
+    __slots__ = ("id", "payload", "meta", "route", "__weakref__")
+
+    def __init__(self, id, payload, meta, route):
+        self.id = id
+        self.payload = payload
+        self.meta = meta
+        self.route = route
+        self.__class__ = Item
+
+
 def _make(cls, id, payload, meta, route):
     # The hot-path constructor: every field is already valid (meta frozen), so
-    # skip attrs' __init__ and converters. ~4x cheaper; dispatch makes one per item.
-    obj = object.__new__(cls)
+    # skip attrs' __init__ and converters.
+    if cls is Item:
+        return _ItemSlots(id, payload, meta, route)
+    obj = object.__new__(cls)  # a user's subclass of Item: its layout may differ
     _set(obj, "id", id)
     _set(obj, "payload", payload)
     _set(obj, "meta", meta)
@@ -50,7 +71,7 @@ def _make(cls, id, payload, meta, route):
 
 
 @attrs.frozen(repr=False, slots=True)
-class Item:
+class Item(_ItemSlots):
     """One unit of work travelling through dispatches and pipes.
 
     Immutable: ``update_payload`` and ``put_meta`` return new items with the
@@ -72,6 +93,8 @@ class Item:
     def wrap_many(cls, payloads: Iterable[Any]) -> list[Item]:
         """Wrap payloads in items whose ids are unique and increasing."""
         payloads = list(payloads)
+        if cls is Item:
+            return [_ItemSlots(i, p, _EMPTY, "default") for i, p in zip(_next_ids(len(payloads)), payloads)]
         return [_make(cls, i, p, _EMPTY, "default") for i, p in zip(_next_ids(len(payloads)), payloads)]
 
     def update_payload(self, payload: Any) -> Item:

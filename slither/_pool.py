@@ -2,9 +2,9 @@
 
 How a batch travels::
 
-    dispatch thread ──submit(Task)──▶ Pool.pending ──pump──▶ conn.inflight
+    dispatch thread ──submit(Task)──▶ Pool.pending ──pump──▶ conn.inflight + conn.sendq
                                                          │
-                          writer thread (per worker) ◀───┘  sends the pre-pickled frame
+          whichever thread pumped (outside the pool lock) ◀──┘  sends the pre-pickled frame
                                                          │
                           worker process: reader thread → run loop → reply
                                                          │
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import queue
 import signal
 import socket
 import sys
@@ -95,7 +94,7 @@ def new_ref() -> int:
 
 
 class WorkerConn:
-    __slots__ = ("pool", "index", "pid", "sock", "inflight", "private", "fn_keys", "outq", "alive", "sessions")
+    __slots__ = ("pool", "index", "pid", "sock", "inflight", "private", "fn_keys", "sendq", "send_lock", "alive", "sessions")
 
     def __init__(self, pool, index, pid, sock):
         self.pool = pool
@@ -105,7 +104,11 @@ class WorkerConn:
         self.inflight: deque[Task] = deque()
         self.private: deque[Task] = deque()
         self.fn_keys: set = set()
-        self.outq: queue.SimpleQueue = queue.SimpleQueue()
+        # Frames to send, in inflight order. No writer thread: the thread that
+        # queued a task sends it (one sender at a time, see Pool._flush), which
+        # saves a thread handoff per batch.
+        self.sendq: deque[Task] = deque()
+        self.send_lock = threading.Lock()
         self.alive = True
         self.sessions: set = set()
 
@@ -140,7 +143,8 @@ class Pool:
             if self.down is not None:
                 raise self._pool_down()
             self._route(task)
-            self._pump()
+            touched = self._pump()
+        self._flush(touched)
 
     def _route(self, task: Task) -> None:
         if task.pinned is not None:
@@ -161,10 +165,15 @@ class Pool:
                 return
         self.pending.append(task)
 
-    def _pump(self) -> None:
-        """Hand queued tasks to workers with room. Caller holds the lock."""
+    def _pump(self) -> list[WorkerConn]:
+        """Hand queued tasks to workers with room. Caller holds the lock.
+
+        Returns the connections that got tasks: the caller passes them to
+        :meth:`_flush` once it has released the lock.
+        """
+        touched: list[WorkerConn] = []
         if not self.workers:
-            return
+            return touched
         progress = True
         while progress:
             progress = False
@@ -188,8 +197,36 @@ class Pool:
                     task.deadline = time.monotonic() + task.timeout
                     self._wake_timer(task.deadline)
                 conn.inflight.append(task)
-                conn.outq.put(task)
+                conn.sendq.append(task)
+                if not touched or touched[-1] is not conn:
+                    touched.append(conn)
                 progress = True
+        return touched
+
+    def _flush(self, conns: list[WorkerConn]) -> None:
+        """Send what is queued on ``conns``. Never called with the pool lock held.
+
+        One sender per connection at a time keeps frames in order; a thread
+        that finds another one sending leaves its frames to it (the sender
+        re-checks the queue after releasing its lock, so none is stranded).
+        Blocking in ``sendall`` is safe: each worker's reader thread drains
+        its socket, and at most ``depth`` frames are outstanding per worker.
+        """
+        for conn in conns:
+            while conn.sendq:
+                if not conn.send_lock.acquire(blocking=False):
+                    break  # the current sender will see our frames
+                try:
+                    while conn.sendq:
+                        task = conn.sendq.popleft()
+                        if task.fn_blob is not None and task.fn_key not in conn.fn_keys:
+                            _wire.send(conn.sock, ("fn", task.fn_key, task.fn_blob))
+                            conn.fn_keys.add(task.fn_key)
+                        _wire.send_chunks(conn.sock, task.chunks)
+                except OSError:
+                    conn.sendq.clear()  # the reader sees the EOF and fails what was in flight
+                finally:
+                    conn.send_lock.release()
 
     def _wake_timer(self, deadline: float) -> None:
         # Waking the timer thread on every batch costs a GIL round trip; it only
@@ -222,32 +259,18 @@ class Pool:
             self.workers[conn.index] = conn
             if restarted:
                 self.restarts += 1
-            self._pump()
+            touched = self._pump()
             self.changed.notify_all()
-        threading.Thread(target=self._writer, args=(conn,), name=f"slither-{self.name}-w{conn.index}-tx", daemon=True).start()
+        self._flush(touched)
         threading.Thread(target=self._reader, args=(conn,), name=f"slither-{self.name}-w{conn.index}-rx", daemon=True).start()
         if restarted:
             telemetry.emit(("slither", "worker", "restart"), {}, {"pool": self.name, "worker": conn.pid, "index": conn.index})
 
-    def _writer(self, conn: WorkerConn) -> None:
-        sock = conn.sock
-        try:
-            while True:
-                task = conn.outq.get()
-                if task is None:
-                    return
-                if task.fn_blob is not None and task.fn_key not in conn.fn_keys:
-                    _wire.send(sock, ("fn", task.fn_key, task.fn_blob))
-                    conn.fn_keys.add(task.fn_key)
-                _wire.send_chunks(sock, task.chunks)
-        except OSError:
-            return  # the reader sees the EOF and fails what was in flight
-
     def _reader(self, conn: WorkerConn) -> None:
-        sock = conn.sock
+        recv = _wire.Reader(conn.sock).recv
         try:
             while True:
-                msg = _wire.recv(sock)
+                msg = recv()
                 kind = msg[0]
                 if kind == "event":
                     telemetry.emit(msg[1], msg[2], {**msg[3], "pool": self.name, "worker": conn.pid})
@@ -268,7 +291,8 @@ class Pool:
             if conn.inflight and conn.inflight[0].timeout:
                 conn.inflight[0].deadline = time.monotonic() + conn.inflight[0].timeout
                 self._wake_timer(conn.inflight[0].deadline)
-            self._pump()
+            touched = self._pump()
+        self._flush(touched)
         kind = msg[0]
         if kind == "ok":
             result, error = msg[2], None
@@ -284,7 +308,7 @@ class Pool:
     def _lost(self, conn: WorkerConn) -> None:
         with self.lock:
             conn.alive = False
-            conn.outq.put(None)
+            conn.sendq.clear()  # every queued frame is also in inflight: re-queued below
             if self.workers.get(conn.index) is conn:
                 del self.workers[conn.index]
             head = conn.inflight.popleft() if conn.inflight else None
@@ -301,8 +325,9 @@ class Pool:
             closing = self.closed
             if not closing:
                 self.crashes += 1
-            self._pump()
+            touched = self._pump()
             self.changed.notify_all()
+        self._flush(touched)
         try:
             conn.sock.close()
         except OSError:

@@ -66,6 +66,73 @@ def recv(sock: socket.socket):
     return pickle.loads(main, buffers=bufs)
 
 
+class Reader:
+    """Buffered frame reader for one socket: one ``recv`` usually brings a whole
+    frame (often several), where :func:`recv` makes two or three system calls
+    per frame. Out-of-band buffers get memory of their own (the objects built
+    from them keep it); the main pickle is read from the shared buffer.
+    """
+
+    __slots__ = ("sock", "buf", "view", "start", "end")
+
+    def __init__(self, sock: socket.socket, size: int = 256 * 1024):
+        self.sock = sock
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+
+    def _fill(self, need: int) -> None:
+        """Make at least ``need`` (<= buffer size) bytes available at ``start``."""
+        if self.start + need > len(self.buf):
+            n = self.end - self.start
+            self.buf[:n] = self.view[self.start : self.end]
+            self.start, self.end = 0, n
+        while self.end - self.start < need:
+            k = self.sock.recv_into(self.view[self.end :])
+            if k == 0:
+                raise EOFError("connection closed")
+            self.end += k
+
+    def _own(self, n: int) -> bytearray:
+        """The next ``n`` bytes in memory of their own."""
+        out = bytearray(n)
+        have = min(n, self.end - self.start)
+        out[:have] = self.view[self.start : self.start + have]
+        self.start += have
+        if have < n:
+            view = memoryview(out)
+            while have < n:
+                k = self.sock.recv_into(view[have:], n - have)
+                if k == 0:
+                    raise EOFError("connection closed")
+                have += k
+        return out
+
+    def recv(self):
+        """Receive one frame and unpickle it. Raises EOFError when the peer closed."""
+        self._fill(_HEAD.size)
+        mlen, nbufs = _HEAD.unpack_from(self.buf, self.start)
+        self.start += _HEAD.size
+        lens = []
+        for _ in range(nbufs):
+            self._fill(_LEN.size)
+            lens.append(_LEN.unpack_from(self.buf, self.start)[0])
+            self.start += _LEN.size
+        if mlen <= len(self.buf):
+            self._fill(mlen)
+            main = self.view[self.start : self.start + mlen]
+            self.start += mlen
+        else:
+            main = self._own(mlen)
+        bufs = [self._own(n) for n in lens]
+        try:
+            return pickle.loads(main, buffers=bufs)
+        finally:
+            if self.start == self.end:
+                self.start = self.end = 0
+
+
 def connect(path: str, timeout: float | None = None) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     if timeout is not None:

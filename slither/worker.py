@@ -155,9 +155,10 @@ def serve(hub_path: str, token: str, pool: str, index: int, rlimit_as: int | Non
     inbox: queue.SimpleQueue = queue.SimpleQueue()
 
     def reader():
+        recv = _wire.Reader(sock).recv
         try:
             while True:
-                inbox.put(_wire.recv(sock))
+                inbox.put(recv())
         except BaseException:  # noqa: BLE001 - EOF, or e.g. MemoryError while a batch hogs memory
             # Without its reader this worker could never get work again: end it, so the
             # caller sees a crash and the supervisor starts a fresh one.

@@ -285,3 +285,23 @@ def test_memory_hog_fails_as_crashed_others_survive():
         out = rt2.dispatch(range(6), hog, batch_size=2, on_error="skip")
         assert [i.payload for i in out if not i.meta.get("skipped")] == [2, 3, 4, 5]
         assert isinstance(out[0].meta["error"], (WorkerCrashed, slither.WorkerError))
+
+
+def test_raw_and_wrapped_payloads_mix_and_keep_ids(rt):
+    """Raw payloads get fresh increasing ids; Items keep theirs, meta and route, in every batch shape."""
+    mine = slither.Item(id="k", payload=5, meta={"m": 1}, route="r")
+    data = [1, 2, mine, 3] + list(range(10, 20))
+    out = rt.dispatch(data, lambda xs: [x * 2 for x in xs], batch_size=4)
+    assert [i.payload for i in out] == [x * 2 for x in [1, 2, 5, 3] + list(range(10, 20))]
+    assert out[2].id == "k" and dict(out[2].meta) == {"m": 1} and out[2].route == "r"
+    raw_ids = [i.id for k, i in enumerate(out) if k != 2]
+    assert raw_ids == sorted(raw_ids) and len(set(raw_ids)) == len(raw_ids)
+    assert all(type(i) is slither.Item and not i.meta for k, i in enumerate(out) if k != 2)
+
+
+def test_a_failed_raw_batch_reports_the_ids_its_results_would_have_had(rt):
+    fn = crash_when(lambda xs: xs, lambda x: x == 6)
+    out = rt.dispatch(range(8), fn, batch_size=4, on_error="skip")
+    assert [bool(i.meta.get("skipped")) for i in out] == [False] * 4 + [True] * 4
+    ids = [i.id for i in out]
+    assert ids == sorted(ids) and len(set(ids)) == 8 and ids[-1] - ids[0] == 7
