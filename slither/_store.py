@@ -482,9 +482,7 @@ class Store:
         # Hot path (set / ordered_set): one read transaction, one lookup. The
         # at-fork hook empties _fast, so an inherited environment is never used.
         env, db, ordered = fast
-        txn = env.begin(db=db)
-        raw = txn.get(_encode(key, ordered))
-        txn.abort()
+        raw = env.begin(db=db).get(_encode(key, ordered))  # the read transaction ends when it is dropped, here
         return default if raw is None else _loads(raw)[1]
 
     @classmethod
