@@ -241,7 +241,7 @@ class _Run:
                     chunk = []
                 if self.cancel.is_set():
                     return
-        except Exception as exc:  # noqa: BLE001 - the input iterator raised
+        except BaseException as exc:  # noqa: BLE001 - the input iterator raised (even SystemExit): fail, never hang
             self.fail(None, exc)
             return
         if chunk:
@@ -254,8 +254,8 @@ class _Run:
             target(i, st, nxt)
         except _Halt as h:
             self.fail(h.stage, h.reason)
-        except Exception as exc:  # noqa: BLE001 - a bug in a stage: halt, never hang
-            self.fail(st.name, exc)
+        except BaseException as exc:  # noqa: BLE001 - a bug in a stage: halt, never hang
+            self.fail(st.name, exc if isinstance(exc, Exception) else _crashed(st, exc))
 
     def _emit(self, direct, skipped) -> None:
         if direct or skipped:
@@ -330,6 +330,8 @@ class _Run:
                 res = st.handler(item, ctx)
             except Exception as exc:  # noqa: BLE001
                 res = _Failed(exc)
+            except BaseException as exc:  # noqa: BLE001 - sys.exit() in a handler must not end the stage thread
+                res = _Failed(_crashed(st, exc))
             if not isinstance(res, (_Failed, Fail)) or n == attempts:
                 return res
             time.sleep(policy.delay(n))  # Retry backoff inside the stage thread
@@ -346,8 +348,8 @@ class _Run:
                     got = len(results) if isinstance(results, list) else type(results).__name__
                     raise TypeError(f"stage {st.name!r}: batch_handler returned {got} results for {len(chunk)} items")
                 return results, None
-            except Exception as exc:  # noqa: BLE001
-                error = exc
+            except BaseException as exc:  # noqa: BLE001 - as in _call_one
+                error = exc if isinstance(exc, Exception) else _crashed(st, exc)
                 if n < attempts:
                     time.sleep(policy.delay(n))  # Retry backoff inside the stage thread
         return [], error
@@ -394,8 +396,8 @@ class _Run:
             for item in chunk:
                 try:
                     target = next((out for pred, out in st.routes if pred(item)), None)
-                except Exception as exc:  # noqa: BLE001
-                    self._failed_item(st, item, exc, direct, skipped)
+                except BaseException as exc:  # noqa: BLE001 - as in _call_one
+                    self._failed_item(st, item, exc if isinstance(exc, Exception) else _crashed(st, exc), direct, skipped)
                     continue
                 if target is None:
                     fwd.append(item)
@@ -468,6 +470,13 @@ class _Run:
         finally:
             it.close()
         self._end(nxt)
+
+
+def _crashed(st, exc: BaseException) -> StageFailure:
+    """A handler raised SystemExit (or another BaseException): the item fails, the stage lives on."""
+    err = StageFailure(f"stage {st.name!r}: the handler raised {type(exc).__name__}({exc})")
+    err.__cause__ = exc
+    return err
 
 
 class _Failed:

@@ -359,3 +359,56 @@ def test_pipe_telemetry(prt):
         slither.telemetry.detach("pt")
     assert (("slither", "pipe", "run", "start"), None) in got and (("slither", "pipe", "run", "stop"), None) in got
     assert {s for e, s in got if e[2] == "stage"} == {"prep", "square"}
+
+
+def _exits(item, ctx):
+    if item.payload == 3:
+        raise SystemExit(1)  # what sys.exit() in a handler does
+    return item.payload
+
+
+class ExitingHandler(Pipe):
+    stages = [stage.inline("a", handler=_exits), stage.router("r", routes=[(lambda i: i.payload == 4 and exit(2), "x")])]
+    outputs = ["x"]
+    on_error = {"a": "skip", "r": Route("x")}
+
+
+def test_sys_exit_in_a_handler_or_predicate_fails_the_item_not_the_pipe(prt):
+    """A stage thread must never die quietly: that used to hang run_pipe forever."""
+    out = prt.run_pipe(ExitingHandler, range(6))
+    assert [i.payload for i in out["default"]] == [0, 1, 2, 5]
+    assert [i.payload for i in out.skipped] == [3] and "SystemExit" in str(out.skipped[0].meta["error"])
+    assert [i.payload for i in out["x"]] == [4] and out["x"][0].meta["stage"] == "r"
+
+
+def _endless_then_exit():
+    yield 1
+    raise SystemExit(3)
+
+
+def test_an_input_iterator_raising_system_exit_fails_the_run(prt):
+    with pytest.raises(PipeError) as ei:
+        prt.run_pipe(Chained, _endless_then_exit())
+    assert isinstance(ei.value.reason, SystemExit)
+
+
+class LongLivedExit(Pipe):
+    stages = [stage.inline("a", handler=_exits)]
+    on_error = {"*": "skip"}
+
+
+def test_long_lived_pipe_keeps_serving_after_a_handler_exits(prt):
+    h = prt.start_pipe(LongLivedExit)
+    try:
+        for x in range(6):
+            h.submit(x)
+        got = {}
+        for name, item in itertools.islice(h.results(timeout=30), 6):
+            got[item.payload] = name
+        assert got == {0: "default", 1: "default", 2: "default", 3: "skipped", 4: "default", 5: "default"}
+        h.submit(10)
+        name, item = next(h.results(timeout=30))
+        assert (name, item.payload) == ("default", 10)
+        assert h.status()["state"] == "running"
+    finally:
+        h.stop()
