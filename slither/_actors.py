@@ -45,6 +45,8 @@ class WorkerInit:
     index: int
     rlimit_as: int | None = None
     owner_pid: int = 0  # the caller's pid: a worker running inside it (simpleSystemBase) must never exit it
+    hub_tcp: tuple | None = None  # a convention leader's data-plane (host, port), for workers on members
+    leader_node: str = ""  # node_key() of the leader: a worker on the same node takes the Unix socket
     __repr__ = _cheap_repr
 
 
@@ -112,12 +114,28 @@ class PoolSupervisor(Supervisor):
             self._notify(("pool_down", self._pool.token, self._pool.pool, os.getpid()))
 
 
+class PlacementProbe(SupervisedActor):
+    """Created to learn whether some convention member offers given capabilities."""
+
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities, requirements):
+        return all(str(capabilities.get(k)) == str(v) for k, v in (requirements or {}).items())
+
+    def on_message(self, message, sender):
+        pass
+
+
 class Worker(SupervisedActor):
     """A pool worker: one OS process, serving batches on a thread of its own so
     Thespian's message loop (and its transmit timeouts) is never blocked by
     user code."""
 
     _started = False
+
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities, requirements):
+        # Thespian's placement: PoolSpec(where={...}) becomes the requirements.
+        return all(str(capabilities.get(k)) == str(v) for k, v in (requirements or {}).items())
 
     def on_message(self, message, sender):
         if isinstance(message, WorkerInit) and not self._started:
@@ -135,6 +153,8 @@ class Worker(SupervisedActor):
                         message.index,
                         None if in_process else message.rlimit_as,
                         in_process=in_process,
+                        hub_tcp=message.hub_tcp,
+                        leader_node=message.leader_node,
                     )
                 except BaseException:  # noqa: BLE001
                     import traceback

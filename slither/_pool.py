@@ -94,9 +94,23 @@ def new_ref() -> int:
 
 
 class WorkerConn:
-    __slots__ = ("pool", "index", "pid", "sock", "inflight", "private", "fn_keys", "sendq", "send_lock", "alive", "sessions")
+    __slots__ = (
+        "pool",
+        "index",
+        "pid",
+        "sock",
+        "inflight",
+        "private",
+        "fn_keys",
+        "sendq",
+        "send_lock",
+        "alive",
+        "sessions",
+        "remote",
+    )
 
-    def __init__(self, pool, index, pid, sock):
+    def __init__(self, pool, index, pid, sock, remote: bool = False):
+        self.remote = remote  # on another node: its pid means nothing here, never signal it
         self.pool = pool
         self.index = index
         self.pid = pid
@@ -131,6 +145,7 @@ class Pool:
         self.sup_pid: int | None = None
         self.crashes = 0
         self.restarts = 0
+        self._rr = 0
         self._timer_next = 0.0
         self._timer = threading.Thread(target=self._timer_loop, name=f"slither-pool-{name}-timer", daemon=True)
         self._timer.start()
@@ -174,34 +189,49 @@ class Pool:
         touched: list[WorkerConn] = []
         if not self.workers:
             return touched
+        conns = list(self.workers.values())
+        if len(conns) > 1:
+            self._rr = (self._rr + 1) % len(conns)
+            conns = conns[self._rr :] + conns[: self._rr]  # ties go round the workers
+        depth = self.depth
         progress = True
         while progress:
             progress = False
-            for conn in self.workers.values():
-                if len(conn.inflight) >= self.depth:
-                    continue
-                task = conn.private.popleft() if conn.private else None
-                if task is None and self.pending:
-                    task = self.pending.popleft()
-                    if task.session is not None:
-                        # Its session had no worker when it was submitted: bind it here.
-                        idx = self.sessions.setdefault(task.session, conn.index)
-                        if idx != conn.index:
-                            self.workers[idx].private.append(task)
-                            progress = True
-                            continue
-                        conn.sessions.add(task.session)
-                if task is None:
-                    continue
-                if not conn.inflight and task.timeout:
-                    task.deadline = time.monotonic() + task.timeout
-                    self._wake_timer(task.deadline)
-                conn.inflight.append(task)
-                conn.sendq.append(task)
-                if not touched or touched[-1] is not conn:
-                    touched.append(conn)
-                progress = True
+            for conn in conns:  # tasks bound to a worker (session affinity, probes)
+                while conn.private and len(conn.inflight) < depth:
+                    self._assign(conn, conn.private.popleft(), touched)
+            while self.pending:
+                # The least loaded worker with room: a task never queues behind
+                # a running batch while another worker is idle.
+                conn, load = None, depth
+                for c in conns:
+                    n = len(c.inflight)
+                    if n < load:
+                        conn, load = c, n
+                        if n == 0:
+                            break
+                if conn is None:
+                    break
+                task = self.pending.popleft()
+                if task.session is not None:
+                    # Its session had no worker when it was submitted: bind it here.
+                    idx = self.sessions.setdefault(task.session, conn.index)
+                    if idx != conn.index:
+                        self.workers[idx].private.append(task)
+                        progress = True
+                        continue
+                    conn.sessions.add(task.session)
+                self._assign(conn, task, touched)
         return touched
+
+    def _assign(self, conn: WorkerConn, task: Task, touched: list) -> None:
+        if not conn.inflight and task.timeout:
+            task.deadline = time.monotonic() + task.timeout
+            self._wake_timer(task.deadline)
+        conn.inflight.append(task)
+        conn.sendq.append(task)
+        if conn not in touched:
+            touched.append(conn)
 
     def _flush(self, conns: list[WorkerConn]) -> None:
         """Send what is queued on ``conns``. Never called with the pool lock held.
@@ -242,7 +272,7 @@ class Pool:
                 conn.private = deque(t for t in conn.private if t.owner is not owner)
                 if kill_running and conn.inflight and conn.inflight[0].owner is owner:
                     conn.inflight[0].killed = True
-                    _kill(conn.pid)
+                    _kill_conn(conn)
 
     # -- connections ---------------------------------------------------
     def attach(self, conn: WorkerConn) -> None:
@@ -255,7 +285,7 @@ class Pool:
             old = self.workers.get(conn.index)
             if old is not None and old.alive:
                 # A replacement arrived before the old socket's EOF: the old one is dead.
-                _kill(old.pid)
+                _kill_conn(old)
             self.workers[conn.index] = conn
             if restarted:
                 self.restarts += 1
@@ -280,7 +310,7 @@ class Pool:
             pass
         except Exception:  # noqa: BLE001 - e.g. a result that fails to unpickle here
             logger.exception("pool {!r}: bad frame from worker {}", self.name, conn.pid)
-            _kill(conn.pid)
+            _kill_conn(conn)
         self._lost(conn)
 
     def _complete(self, conn: WorkerConn, msg) -> None:
@@ -364,7 +394,7 @@ class Pool:
                 victims += list(conn.inflight) + list(conn.private)
                 conn.inflight.clear()
                 conn.private.clear()
-                _kill(conn.pid)
+                _kill_conn(conn)
             self.changed.notify_all()
         logger.warning("pool {!r} is down: {}", self.name, self.down)
         for t in victims:
@@ -429,7 +459,7 @@ class Pool:
                     if head is not None and head.deadline is not None and not head.timed_out:
                         if head.deadline <= now:
                             head.timed_out = True
-                            _kill(conn.pid)
+                            _kill_conn(conn)
                         else:
                             nxt = min(nxt, head.deadline)
                 if self.sup_pid is not None and self.down is None and not pid_alive(self.sup_pid):
@@ -442,6 +472,18 @@ class Pool:
                 self._timer_next = nxt
                 self.changed.wait(max(0.0, nxt - time.monotonic()))
                 self._timer_next = 0.0
+
+
+def _kill_conn(conn: WorkerConn) -> None:
+    """End a worker: SIGKILL a local one; cut a remote one's connection (its
+    reader sees the EOF and exits the process, stuck or not)."""
+    if conn.remote:
+        try:
+            conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    else:
+        _kill(conn.pid)
 
 
 def _kill(pid: int | None) -> None:
@@ -463,25 +505,44 @@ class Hub:
         self.pools: dict[str, Pool] = {}
         self.store_paths = store_paths
         self.sock = _wire.listen(path)
+        self.tcp: socket.socket | None = None
+        self._secret = b""
         self._closed = False
         self._thread = threading.Thread(target=self._accept_loop, name="slither-hub", daemon=True)
         self._thread.start()
 
-    def _accept_loop(self) -> None:
+    def listen_tcp(self, host: str, port: int, secret: bytes) -> tuple[str, int]:
+        """Also accept workers of convention members over TCP, each proving it knows ``secret``."""
+        self.tcp = socket.create_server((host, port), backlog=128)
+        self._secret = secret
+        threading.Thread(target=self._accept_loop, args=(self.tcp, True), name="slither-hub-tcp", daemon=True).start()
+        return self.tcp.getsockname()[:2]
+
+    def _accept_loop(self, listener=None, tcp: bool = False) -> None:
+        listener = listener or self.sock
         while not self._closed:
             try:
-                s, _ = self.sock.accept()
+                s, peer = listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._greet, args=(s,), daemon=True).start()
+            threading.Thread(target=self._greet, args=(s, peer if tcp else None), daemon=True).start()
 
-    def _greet(self, s: socket.socket) -> None:
+    def _greet(self, s: socket.socket, peer=None) -> None:
+        remote = peer is not None
         try:
+            if remote:
+                from slither import cluster
+
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if not cluster.server_handshake(s, self._secret):  # before anything is unpickled
+                    logger.warning("slither hub: refused {}: it did not prove it knows the convention secret", peer)
+                    s.close()
+                    return
             s.settimeout(10)
             hello = _wire.recv(s)
             s.settimeout(None)
             kind, token = hello[0], hello[1]
-            if token != self.token:
+            if not remote and token != self.token:
                 s.close()
                 return
             if kind == "worker":
@@ -491,7 +552,9 @@ class Hub:
                     s.close()
                     return
                 _wire.send(s, ("init", list(sys.path), os.getcwd(), self.store_paths()))
-                pool.attach(WorkerConn(pool_name, index, pid, s))
+                pool.attach(WorkerConn(pool_name, index, pid, s, remote=remote))
+            elif remote:
+                s.close()  # only workers come over the network
             elif kind == "pool_up":
                 pool = self.pools.get(hello[2])
                 if pool is not None:
@@ -513,10 +576,12 @@ class Hub:
 
     def close(self) -> None:
         self._closed = True
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        for listener in (self.sock, self.tcp):
+            try:
+                if listener is not None:
+                    listener.close()
+            except OSError:
+                pass
         try:
             os.unlink(self.path)
         except OSError:

@@ -66,6 +66,11 @@ class PoolSpec:
             ``WorkerError``, or a crash) and the pool carries on.
         depth: batches handed to one worker at a time (1 running + queued).
             2 hides the round trip; 1 gives strictly one batch per worker.
+        where: capabilities the workers' host must offer, for a runtime that
+            leads a convention (``{"node": "gpu-1"}``, ``{"gpu": "1"}``);
+            Thespian creates the workers on a matching member. A list of
+            such mappings spreads the workers over them in turn (worker ``i``
+            goes to ``where[i % len(where)]``). None: here.
     """
 
     size: int = attrs.field(factory=lambda: os.cpu_count() or 1, validator=_positive_int)
@@ -73,12 +78,27 @@ class PoolSpec:
     max_seconds: float = 5.0
     max_memory: int | None = None
     depth: int = attrs.field(default=2, validator=_positive_int)
+    where: Mapping | None = None
 
     def __attrs_post_init__(self):
         if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
             raise ConfigurationError(f"PoolSpec.max_restarts must be an int >= 0, got {self.max_restarts!r}")
         if not self.max_seconds > 0:
             raise ConfigurationError(f"PoolSpec.max_seconds must be > 0, got {self.max_seconds!r}")
+        if self.where is not None:
+            wheres = [self.where] if isinstance(self.where, Mapping) else self.where
+            if not isinstance(wheres, (list, tuple)) or not wheres or not all(isinstance(w, Mapping) and w for w in wheres):
+                raise ConfigurationError(
+                    f"PoolSpec.where must be a mapping of capabilities or a list of them, got {self.where!r}"
+                )
+
+    @property
+    def placements(self) -> list:
+        """One requirements mapping (or None) per worker."""
+        if self.where is None:
+            return [None] * self.size
+        wheres = [self.where] if isinstance(self.where, Mapping) else list(self.where)
+        return [dict(wheres[i % len(wheres)]) for i in range(self.size)]
 
 
 def _as_spec(name: str, value: Any) -> PoolSpec:
@@ -145,6 +165,9 @@ class Runtime:
             workers become threads, so timeouts cannot kill them).
         data_dir: where ``persistent`` stores keep their data.
         start_timeout: seconds to wait for every worker to connect.
+        convention: a :class:`slither.cluster.Convention`: this runtime
+            leads a convention that ``slither node --join`` members join
+            (see docs/cluster.md).
 
     Methods are thread-safe. Use as a context manager, or ``start()`` /
     ``shutdown()``.
@@ -158,9 +181,18 @@ class Runtime:
         base: str = "multiprocTCPBase",
         data_dir: str | os.PathLike | None = None,
         start_timeout: float = 30.0,
+        convention=None,
     ):
         if base not in BASES:
             raise ConfigurationError(f"base must be one of {BASES}, got {base!r}")
+        from slither.cluster import Convention
+
+        if convention is not None and not isinstance(convention, Convention):
+            raise ConfigurationError(f"convention: expected a slither.cluster.Convention, got {type(convention).__name__}")
+        if convention is not None and base != "multiprocTCPBase":
+            raise ConfigurationError("convention: needs base='multiprocTCPBase'")
+        self.convention = convention
+        self._hub_tcp: tuple | None = None
         pools = {"default": PoolSpec()} if pools is None else dict(pools)
         self.pool_specs: dict[str, PoolSpec] = {n: _as_spec(n, v) for n, v in pools.items()}
         self.store_classes = list(stores)
@@ -228,9 +260,16 @@ class Runtime:
         t0 = time.monotonic()
         self._dir = _private_dir()
         _thespian.prepare_environment(self._dir)
-        caps = {"Admin Port": _free_port()}
+        conv = self.convention
+        if conv is not None:
+            _thespian.bind_to(conv.host)
+            caps = {"Admin Port": conv.port, "node": "leader", **{str(k): str(v) for k, v in conv.capabilities.items()}}
+        else:
+            caps = {"Admin Port": _free_port()}
         self._asys = ActorSystem(self.base, caps, logDefs=_thespian.QUIET_LOGDEFS, transientUnique=True)
         self._hub = Hub(os.path.join(self._dir, "hub.sock"), self.token, self._store_paths)
+        if conv is not None:
+            self._hub_tcp = self._hub.listen_tcp(conv.host, conv.data_port, conv.secret)
         self._root = self._asys.createActor(RootSupervisor)
         ident = self._ask(
             self._root, SupervisorInit(strategy="one_for_one", max_restarts=10, max_seconds=5.0, name="root"), Identity
@@ -267,7 +306,39 @@ class Runtime:
                 reply = self._asys.listen(left)
             return reply
 
+    def wait_for_member(self, where: Mapping, timeout: float = 30.0) -> None:
+        """Wait until a convention member (or this runtime) offers the capabilities ``where``.
+
+        Raises:
+            TimeoutError: none did within ``timeout`` seconds.
+        """
+        from thespian.actors import ActorExitRequest, NoCompatibleSystemForActor
+
+        from slither._actors import PlacementProbe
+
+        if self._asys is None:
+            raise RuntimeNotStarted("the runtime is not started")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self._lock:
+                    probe = self._asys.createActor(PlacementProbe, targetActorRequirements=dict(where))
+                    self._asys.tell(probe, ActorExitRequest())
+                return
+            except NoCompatibleSystemForActor:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"no convention member offers {dict(where)!r} within {timeout}s") from None
+                time.sleep(0.1)  # members announce themselves to the leader; nothing here to wait on
+
     def _start_pool(self, name: str, spec: PoolSpec) -> Pool:
+        if spec.where is not None:
+            if self.convention is None:
+                raise ConfigurationError(f"pool {name!r}: where={spec.where!r} needs a Runtime(convention=...)")
+            for req in {tuple(sorted(r.items())) for r in spec.placements}:
+                try:
+                    self.wait_for_member(dict(req), self.start_timeout)
+                except TimeoutError as exc:
+                    raise TimeoutError(f"pool {name!r}: {exc}") from None
         pool = Pool(name, spec.size, depth=spec.depth)
         self._hub.pools[name] = pool
         self._pools[name] = pool
@@ -276,9 +347,16 @@ class Runtime:
             raise RuntimeError(f"pool {name!r}: supervisor did not start (got {started!r})")
         addr = started.address
         self._pool_addrs[name] = addr
+        from slither.supervision import node_key
+
         workers = tuple(
-            ChildSpec(f"worker-{i}", Worker, init=WorkerInit(self._hub.path, self.token, name, i, spec.max_memory, os.getpid()))
-            for i in range(spec.size)
+            ChildSpec(
+                f"worker-{i}",
+                Worker,
+                init=WorkerInit(self._hub.path, self.token, name, i, spec.max_memory, os.getpid(), self._hub_tcp, node_key()),
+                requirements=req,
+            )
+            for i, req in enumerate(spec.placements)
         )
         with self._lock:
             self._asys.tell(addr, PoolInit(self._hub.path, self.token, name))

@@ -31,11 +31,24 @@ QUIET_LOGDEFS = {"version": 1, "disable_existing_loggers": False, "root": {"leve
 _orig_bind_args = IPBase.IPActorAddress.bindArgs
 
 
+_BIND: str | None = None  # set by bind_to(): a convention's chosen address
+
+
 def _bind_args(self):
     args = _orig_bind_args.fget(self)
-    if LOOPBACK_ONLY and args and isinstance(args[0], tuple) and args[0][0] in ("", "0.0.0.0"):
-        return ((LOOPBACK, args[0][1]),)
+    host = _BIND or (LOOPBACK if LOOPBACK_ONLY else None)
+    if host and args and isinstance(args[0], tuple) and args[0][0] in ("", "0.0.0.0"):
+        return ((host, args[0][1]),)
     return args
+
+
+def bind_to(host: str) -> None:
+    """Make every Thespian listener of this process (and of the actor processes
+    it forks) bind to, and advertise, ``host``: a convention's chosen address."""
+    global _BIND
+    _BIND = host
+    os.environ["THESPIAN_BASE_IPADDR"] = host
+    IPBase.thisSystem.add_local_addr(host)
 
 
 if not getattr(IPBase.IPActorAddress, "_slither_patched", False):

@@ -101,8 +101,49 @@ def cmd_baseline(args, parser) -> int:
     return 1 if failed else 0
 
 
+def cmd_node(args, parser) -> int:
+    import os
+
+    from slither import cluster
+
+    secret = None
+    if args.secret_file:
+        try:
+            with open(args.secret_file, "rb") as f:
+                secret = f.read().strip()
+        except OSError as exc:
+            parser.error(f"--secret-file: {exc}")
+    else:
+        secret = os.environ.get("SLITHER_SECRET", "").encode() or None
+    if not secret:
+        parser.error("node needs the convention secret: --secret-file PATH, or SLITHER_SECRET in the environment")
+    caps = {}
+    for cap in args.capability:
+        key, sep, value = cap.partition("=")
+        if not sep or not key:
+            parser.error(f"--capability: expected key=value, got {cap!r}")
+        caps[key] = value
+    if args.workers is not None:
+        caps["workers"] = str(args.workers)
+    try:
+        cluster.run_node(
+            args.join,
+            secret,
+            caps,
+            name=args.name,
+            admin_port=args.admin_port,
+            host=args.listen,
+            network_only=args.network_only,
+            ready=lambda c: print(f"slither node {c['node']} joined {args.join} with {c}", flush=True),
+        )
+    except Exception as exc:  # noqa: BLE001 - a clear one-line error for the operator
+        print(f"slither node: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="slither", description="Slither: examples and baselines")
+    parser = argparse.ArgumentParser(prog="slither", description="Slither: examples, baselines, cluster members")
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("example", help="list or run the examples")
     ex.add_argument("name", nargs="?")
@@ -115,7 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     bl.add_argument("--all", action="store_true")
     bl.add_argument("--mode", choices=["unsafe", "safe", "both"], default="both")
     bl.add_argument("--threads", type=int, default=4)
+    nd = sub.add_parser("node", help="run a member that joins a leader's convention (see docs/cluster.md)")
+    nd.add_argument("--join", required=True, metavar="HOST:PORT", help="the leader's Convention.address")
+    nd.add_argument("--secret-file", help="file holding the convention secret (default: $SLITHER_SECRET)")
+    nd.add_argument("--capability", action="append", default=[], metavar="KEY=VALUE", help="offered to PoolSpec(where=...)")
+    nd.add_argument("--workers", type=int, default=None, help="advertised as the capability workers=N")
+    nd.add_argument("--name", help="this member's capability node= (default HOSTNAME:ADMINPORT)")
+    nd.add_argument("--listen", help="address to listen on (default: the one that reaches the leader)")
+    nd.add_argument("--admin-port", type=int, default=0, help="Thespian admin port (default: a free one)")
+    nd.add_argument("--network-only", action="store_true", help="workers use TCP even when the leader is local")
     args = parser.parse_args(argv)
+    if args.command == "node":
+        if args.workers is not None and args.workers < 1:
+            parser.error("--workers must be at least 1")
+        return cmd_node(args, parser)
     if getattr(args, "workers", 1) < 1 or args.threads < 1:
         parser.error("--workers and --threads must be at least 1")
     if args.command == "example":

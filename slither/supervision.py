@@ -82,6 +82,7 @@ class ChildSpec:
     actor: type
     init: Any = None
     restart: str = attrs.field(default="permanent")
+    requirements: Any = None  # Thespian targetActorRequirements: place the child on a matching convention member
 
     @restart.validator
     def _check_restart(self, _attr, value):
@@ -155,7 +156,31 @@ class Identify:
 class Identity:
     pid: int
     pgid: int
+    node: str = ""  # node_key() of the process: a pid means something only on its own node
     __repr__ = _cheap_repr
+
+
+_NODE: str | None = None
+
+
+def node_key() -> str:
+    """Identifies this machine and pid namespace: pids compare only between equal keys."""
+    global _NODE
+    if _NODE is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                boot = f.read().strip()
+            ns = os.stat("/proc/self/ns/pid").st_ino
+        except OSError:
+            import socket
+
+            boot, ns = socket.gethostname(), 0
+        _NODE = f"{boot}/{ns}"
+    return _NODE
+
+
+def _identity() -> Identity:
+    return Identity(os.getpid(), os.getpgid(0), node_key())
 
 
 @attrs.frozen(repr=False)
@@ -221,7 +246,7 @@ class SupervisedActor(Actor):
 
     def receiveMessage(self, message, sender):
         if isinstance(message, Identify):
-            self.send(sender, Identity(os.getpid(), os.getpgid(0)))
+            self.send(sender, _identity())
             return
         if isinstance(message, (ActorExitRequest, ChildActorExited, PoisonMessage)) and not self.handles_system(message):
             return
@@ -289,9 +314,9 @@ class Supervisor(Actor):
                 self.on_init(message)
                 for spec in message.children:
                     self._add(spec)
-            self.send(sender, Identity(os.getpid(), os.getpgid(0)))
+            self.send(sender, _identity())
         elif isinstance(message, Identify):
-            self.send(sender, Identity(os.getpid(), os.getpgid(0)))
+            self.send(sender, _identity())
         elif isinstance(message, StartChild):
             child = self._add(message.spec)
             self.send(sender, ChildStarted(message.spec.id, child.address))
@@ -310,6 +335,8 @@ class Supervisor(Actor):
         elif isinstance(message, Identity):
             for child in self._children:
                 if child.address == sender:
+                    if message.node and message.node != node_key():
+                        continue  # a child on another node: its pid cannot be watched from here
                     child.pid = message.pid
                     self.on_child_identified(child.spec.id, message.pid)
                     self._watch()
@@ -351,7 +378,8 @@ class Supervisor(Actor):
         return child
 
     def _start(self, child: _Child) -> None:
-        child.address = self.createActor(child.spec.actor)
+        req = child.spec.requirements
+        child.address = self.createActor(child.spec.actor, targetActorRequirements=dict(req) if req else None)
         child.pid = None
         child.normal_exit = False
         self.send(child.address, Identify())
@@ -419,4 +447,5 @@ __all__ = [
     "Identity",
     "ExitingNormally",
     "pid_alive",
+    "node_key",
 ]

@@ -121,7 +121,16 @@ def _run_one(msg, sock, lock) -> None:
 _blobs: dict[Any, bytes] = {}
 
 
-def serve(hub_path: str, token: str, pool: str, index: int, rlimit_as: int | None, in_process: bool = False) -> None:
+def serve(
+    hub_path: str,
+    token: str,
+    pool: str,
+    index: int,
+    rlimit_as: int | None,
+    in_process: bool = False,
+    hub_tcp: tuple | None = None,
+    leader_node: str = "",
+) -> None:
     """Connect to the caller's hub and run batches until the connection closes."""
     if rlimit_as:
         import resource
@@ -130,7 +139,14 @@ def serve(hub_path: str, token: str, pool: str, index: int, rlimit_as: int | Non
         # can already be large: the limit is what the worker may add on top of it.
         limit = _vm_size() + rlimit_as
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    sock = _wire.connect(hub_path, timeout=10)
+    from slither import cluster
+    from slither.supervision import node_key
+
+    if hub_tcp is not None and (cluster._force_network or node_key() != leader_node):
+        sock = cluster.connect(tuple(hub_tcp), cluster._secret)  # a member's worker: the network path
+        token = ""  # the handshake authenticated us; the runtime's token never leaves its host
+    else:
+        sock = _wire.connect(hub_path, timeout=10)
     lock = threading.Lock()
     _wire.send(sock, ("worker", token, pool, index, os.getpid()))
     hello = _wire.recv(sock)  # ("init", sys_path, cwd, store_paths)

@@ -305,3 +305,21 @@ def test_a_failed_raw_batch_reports_the_ids_its_results_would_have_had(rt):
     assert [bool(i.meta.get("skipped")) for i in out] == [False] * 4 + [True] * 4
     ids = [i.id for i in out]
     assert ids == sorted(ids) and len(set(ids)) == 8 and ids[-1] - ids[0] == 7
+
+
+def test_a_batch_goes_to_an_idle_worker_not_behind_a_running_one():
+    """Two slow batches on a 2-worker pool run side by side (depth 2 must not queue both on one worker).
+
+    A runtime of its own: a batch left running by an earlier test would make a worker busy."""
+    from slither.testing import running_runtime
+
+    def slow(xs):
+        import time
+
+        time.sleep(0.3)
+        return [os.getpid() for _ in xs]
+
+    with running_runtime(pools={"default": 2}) as fresh:
+        for _ in range(3):
+            out = fresh.dispatch(range(2), slow, batch_size=1)
+            assert out[0].payload != out[1].payload

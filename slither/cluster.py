@@ -1,0 +1,236 @@
+"""Runtimes that span hosts, on Thespian conventions.
+
+A *leader* is a :class:`~slither.Runtime` made with ``convention=Convention(...)``:
+its Thespian admin listens on the address you choose, and so does a TCP
+listener for the data plane. A *member* is ``slither node --join HOST:PORT``
+on another host: a Thespian actor system that joins the leader's convention
+and advertises its capabilities. A pool with ``PoolSpec(where={...})`` has
+its workers created on a member whose capabilities match (Thespian's
+placement); those workers connect back to the leader's data-plane listener
+and serve batches exactly as local ones do.
+
+Trust model (also in docs/cluster.md):
+
+* Data plane: every TCP connection starts with a mutual HMAC-SHA256
+  challenge on a shared secret (:func:`server_handshake`,
+  :func:`client_handshake`). Nothing is unpickled on either side before it
+  succeeds. After it, frames are pickles in the clear: use a private network
+  or a tunnel.
+* Control plane: Thespian's own TCP transport has no authentication and
+  unpickles what reaches its admin port. Bind it to an address that only
+  your hosts can reach.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import signal
+import socket
+import threading
+
+import attrs
+
+from slither.errors import ConfigurationError
+
+_MAGIC = b"SLTH1"
+_NONCE = 32
+_MAC = 32
+MIN_SECRET = 16
+
+# Set in a member's process before its actor system starts; the actor
+# processes Thespian forks from it inherit them.
+_secret: bytes | None = None
+_force_network = False
+
+
+def _parse_address(value: str, what: str) -> tuple[str, int]:
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(f"{what}: expected 'HOST:PORT', got {value!r}")
+    return host, int(port)
+
+
+def _as_secret(value) -> bytes:
+    if isinstance(value, str):
+        value = value.encode()
+    if not isinstance(value, bytes) or len(value) < MIN_SECRET:
+        raise ConfigurationError(
+            f"convention secret: need at least {MIN_SECRET} bytes (there is no default secret); "
+            f"make one with: python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    return value
+
+
+@attrs.frozen(repr=False)
+class Convention:
+    """Makes a Runtime the leader of a convention.
+
+    Args:
+        address: ``"HOST:PORT"`` where the leader's Thespian admin listens and
+            members join. Choose an address only your hosts can reach.
+        secret: shared with every member (bytes or str, at least 16 bytes).
+        data_port: the leader's data-plane TCP port on the same host (0: a
+            free one; members learn it from the leader).
+        capabilities: what the leader itself offers to ``PoolSpec(where=...)``.
+    """
+
+    address: str
+    secret: bytes = attrs.field(converter=_as_secret)
+    data_port: int = 0
+    capabilities: dict = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self):
+        _parse_address(self.address, "Convention.address")
+
+    @property
+    def host(self) -> str:
+        return _parse_address(self.address, "Convention.address")[0]
+
+    @property
+    def port(self) -> int:
+        return _parse_address(self.address, "Convention.address")[1]
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"Convention(address={self.address!r}, data_port={self.data_port}, capabilities={self.capabilities!r})"
+
+
+def _mac(secret: bytes, *parts: bytes) -> bytes:
+    return hmac.new(secret, b"".join(parts), hashlib.sha256).digest()
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("connection closed during the handshake")
+        buf += chunk
+    return buf
+
+
+def server_handshake(sock: socket.socket, secret: bytes, timeout: float = 10.0) -> bool:
+    """The listening side. True when the peer proved it knows ``secret``."""
+    sock.settimeout(timeout)
+    try:
+        mine = secrets.token_bytes(_NONCE)
+        sock.sendall(_MAGIC + mine)
+        got = _recv_exact(sock, _NONCE + _MAC)
+        theirs, mac = got[:_NONCE], got[_NONCE:]
+        if not hmac.compare_digest(mac, _mac(secret, b"client", mine, theirs)):
+            return False
+        sock.sendall(_mac(secret, b"server", theirs, mine))
+        return True
+    except (OSError, EOFError):
+        return False
+    finally:
+        try:
+            sock.settimeout(None)
+        except OSError:
+            pass
+
+
+def client_handshake(sock: socket.socket, secret: bytes, timeout: float = 10.0) -> bool:
+    """The connecting side. True when the listener proved it knows ``secret``."""
+    sock.settimeout(timeout)
+    try:
+        head = _recv_exact(sock, len(_MAGIC) + _NONCE)
+        if head[: len(_MAGIC)] != _MAGIC:
+            return False
+        theirs = head[len(_MAGIC) :]
+        mine = secrets.token_bytes(_NONCE)
+        sock.sendall(mine + _mac(secret, b"client", theirs, mine))
+        return hmac.compare_digest(_recv_exact(sock, _MAC), _mac(secret, b"server", mine, theirs))
+    except (OSError, EOFError):
+        return False
+    finally:
+        try:
+            sock.settimeout(None)
+        except OSError:
+            pass
+
+
+def connect(address: tuple[str, int], secret: bytes | None, timeout: float = 10.0) -> socket.socket:
+    """An authenticated data-plane connection to a leader."""
+    if secret is None:
+        raise ConnectionRefusedError("this process has no convention secret (is it a member started by `slither node`?)")
+    s = socket.create_connection(address, timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if not client_handshake(s, secret, timeout):
+        s.close()
+        raise ConnectionRefusedError(f"the leader at {address[0]}:{address[1]} did not prove it knows the secret")
+    return s
+
+
+def run_node(
+    join: str,
+    secret: bytes | str,
+    capabilities: dict | None = None,
+    *,
+    name: str | None = None,
+    admin_port: int = 0,
+    host: str | None = None,
+    network_only: bool = False,
+    ready=None,
+) -> None:
+    """Run a member: join the leader's convention at ``join`` and serve until SIGTERM/SIGINT.
+
+    Args:
+        join: the leader's ``"HOST:PORT"`` (its ``Convention.address``).
+        secret: the convention's shared secret.
+        capabilities: offered to ``PoolSpec(where=...)``; ``node`` is added
+            (``name``, default the host name and admin port).
+        admin_port: this member's Thespian admin port (0: a free one).
+        host: the address this member listens on (default: the one it uses
+            to reach the leader).
+        network_only: workers here use the network path even when the
+            leader shares the machine (tests and benchmarks).
+        ready: called with the member's capabilities once it has joined.
+    """
+    global _secret, _force_network
+    from thespian.actors import ActorSystem
+
+    from slither import _thespian
+
+    lhost, lport = _parse_address(join, "--join")
+    _secret = _as_secret(secret)
+    _force_network = network_only
+    if host is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((lhost, lport))
+            host = probe.getsockname()[0]
+    _thespian.bind_to(host)
+    if not admin_port:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            admin_port = s.getsockname()[1]
+    caps = {str(k): str(v) for k, v in (capabilities or {}).items()}
+    caps["node"] = name or f"{socket.gethostname()}:{admin_port}"
+    caps["slither_member"] = "1"
+    asys = ActorSystem(
+        "multiprocTCPBase",
+        {"Admin Port": admin_port, "Convention Address.IPv4": f"{lhost}:{lport}", **caps},
+        logDefs=_thespian.QUIET_LOGDEFS,
+        transientUnique=True,
+    )
+    # Thespian's admin detaches from this process: a watchdog actor kills the
+    # member's actors if this process dies without shutting them down.
+    from slither._actors import RootSupervisor, WatchCaller
+
+    watchdog = asys.createActor(RootSupervisor)
+    asys.tell(watchdog, WatchCaller(os.getpid(), os.getpgid(0)))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        if ready is not None:
+            ready(caps)
+        while not stop.wait(0.5):  # sliced: signal handlers run between waits
+            pass
+    finally:
+        asys.shutdown()  # the actor processes here die with it (they are linked to their parents)
+
+
+__all__ = ["Convention", "run_node", "server_handshake", "client_handshake"]

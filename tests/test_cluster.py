@@ -1,0 +1,218 @@
+"""A convention on one machine: a leader runtime and `slither node` members in
+separate processes, each its own Thespian actor system on its own loopback
+port. Members use the network data path (--network-only) as if remote."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import slither
+from slither import PoolSpec, Retry
+from slither.cluster import Convention, client_handshake, connect
+from slither.errors import ConfigurationError
+from slither.supervision import pid_alive
+from slither.testing import wait_pids_gone
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.chaos]
+
+SECRET = "cluster-test-secret-0123456789"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Member:
+    """`slither node` in a process of ours."""
+
+    def __init__(self, leader, name, secret=SECRET, *extra):
+        env = {**os.environ, "SLITHER_SECRET": secret, "PYTHONPATH": os.pathsep.join(sys.path)}
+        args = [sys.executable, "-m", "slither.cli", "node", "--join", leader, "--name", name, "--network-only", *extra]
+        self.proc = subprocess.Popen(
+            args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        self.line = self.proc.stdout.readline()  # printed once it has joined
+        assert "joined" in self.line, self.line + self.proc.stdout.read()
+
+    def pids(self):
+        """The member's processes: forks of it (Thespian's admin detaches into a session of its
+        own, so they are found by their command line, unique per member name)."""
+        with open(f"/proc/{self.proc.pid}/cmdline", "rb") as f:
+            mine = f.read()
+        out = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as f:
+                        if f.read() == mine and pid_alive(int(entry)):
+                            out.append(int(entry))
+                except OSError:
+                    pass
+        return out
+
+    def kill(self):
+        """SIGKILL every process of the member at once, as a host that dies would."""
+        pids = self.pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(10)
+        self.proc.stdout.close()
+        assert not wait_pids_gone(pids, timeout=10)
+
+    def stop(self):
+        pids = self.pids()
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            pass
+        self.proc.stdout.close()
+        left = wait_pids_gone(pids, timeout=10)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"member processes outlived SIGTERM: {left}"
+
+
+@pytest.fixture(scope="module")
+def leader():
+    port = _free_port()
+    rt = slither.Runtime(pools={"default": 1}, convention=Convention(f"127.0.0.1:{port}", SECRET), start_timeout=20).start()
+    member = Member(f"127.0.0.1:{port}", "m1")
+    try:
+        rt.add_pool("span", PoolSpec(size=3, where=[{"node": "leader"}, {"node": "m1"}], max_restarts=20, max_seconds=5))
+        yield rt, member, f"127.0.0.1:{port}"
+    finally:
+        rt.shutdown()
+        member.stop()
+
+
+def pid_of(xs):
+    return [(x, os.getpid()) for x in xs]
+
+
+def test_work_spreads_over_the_leader_and_a_member(leader):
+    rt, member, _ = leader
+    conns = list(rt.pool("span").workers.values())
+    assert sorted(c.remote for c in conns) == [False, False, True]  # workers 0 and 2 here, 1 on m1
+    out = rt.dispatch(range(60), pid_of, pool="span", batch_size=1, max_in_flight=6)
+    assert [i.payload[0] for i in out] == list(range(60))
+    remote_pids = {c.pid for c in conns if c.remote}
+    used = {i.payload[1] for i in out}
+    assert used & remote_pids and used - remote_pids, "both hosts ran batches"
+    assert remote_pids <= set(member.pids())  # the remote worker is one of the member's processes
+
+
+def test_a_late_batch_on_a_member_times_out_and_the_pool_carries_on(leader):
+    rt, _, _ = leader
+
+    def slow_on_member(xs):
+        import time
+
+        from slither import worker
+
+        if worker.info()["index"] == 1:  # the worker on m1
+            time.sleep(60)
+        return xs
+
+    with pytest.raises(slither.DispatchError) as ei:
+        rt.dispatch(range(12), slow_on_member, pool="span", batch_size=1, timeout=1.0)
+    assert isinstance(ei.value.reason, slither.BatchTimeout)
+    assert [i.payload for i in rt.dispatch(range(10), lambda xs: xs, pool="span", batch_size=1)] == list(range(10))
+
+
+def test_a_wrong_secret_is_refused_before_anything_is_unpickled(leader):
+    rt, _, _ = leader
+    host, port = rt._hub_tcp
+    with pytest.raises(ConnectionRefusedError):
+        connect((host, port), b"not-the-secret-at-all-0000")
+    # A peer that skips the handshake and sends a pickle gets nothing unpickled: the hub closes on it.
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.recv(64)  # the hub's challenge
+        s.sendall(b"\x80\x05" + b"x" * 62)  # not a valid answer
+        s.settimeout(10)
+        assert s.recv(64) == b""  # closed
+    # And a leader that does not know the secret is not trusted by a worker.
+    a, b = socket.socketpair()
+    threading.Thread(target=lambda: (a.sendall(b"SLTH1" + b"\0" * 32), a.recv(64), a.sendall(b"\0" * 32)), daemon=True).start()
+    assert not client_handshake(b, SECRET.encode(), timeout=5)
+    a.close()
+    b.close()
+
+
+def test_a_member_with_the_wrong_secret_gets_no_work(leader):
+    rt, _, address = leader
+    bad = Member(address, "intruder", "a-different-secret-0123456789")
+    try:
+        rt.start_timeout = 5
+        with pytest.raises((TimeoutError, slither.PoolDown)):  # its workers cannot authenticate
+            rt.add_pool("intruder", PoolSpec(size=1, where={"node": "intruder"}, max_restarts=2, max_seconds=60))
+        assert not rt.pool("intruder").workers
+    finally:
+        rt.start_timeout = 20
+        bad.stop()
+
+
+def test_a_killed_member_loses_no_item(leader):
+    """Kill the member mid-run: its batches re-run on the leader's workers, every item once."""
+    rt, _, address = leader
+    doomed = Member(address, "doomed")
+    rt.add_pool("mixed", PoolSpec(size=2, where=[{"node": "leader"}, {"node": "doomed"}], max_restarts=100, max_seconds=1))
+    remote = [c.pid for c in rt.pool("mixed").workers.values() if c.remote]
+    assert remote
+    seen = []
+    started = threading.Event()
+
+    def consume():
+        def work(xs):
+            import time
+
+            time.sleep(0.02)
+            return [x * 10 for x in xs]
+
+        for item in rt.dispatch_stream(range(300), work, pool="mixed", batch_size=2, on_error=Retry(max_attempts=10, backoff=0)):
+            seen.append(item)
+            started.set()
+
+    t = threading.Thread(target=consume)
+    t.start()
+    assert started.wait(30)
+    doomed.kill()
+    t.join(60)
+    assert not t.is_alive()
+    assert [i.payload for i in seen] == [x * 10 for x in range(300)]
+    assert len({i.id for i in seen}) == 300
+
+
+def test_options_are_checked():
+    with pytest.raises(ConfigurationError, match="at least 16 bytes"):
+        Convention("127.0.0.1:1234", "short")
+    with pytest.raises(ConfigurationError, match="HOST:PORT"):
+        Convention("nohost", SECRET)
+    with pytest.raises(ConfigurationError, match="needs a Runtime\\(convention"):
+        with slither.Runtime(pools={"x": PoolSpec(size=1, where={"node": "m1"})}):
+            pass
+    with pytest.raises(ConfigurationError, match="where must be"):
+        PoolSpec(size=1, where=[])
+    assert SECRET not in repr(Convention("127.0.0.1:1234", SECRET))
+
+
+def test_a_member_killed_without_shutdown_leaves_no_process(leader):
+    """SIGKILL only the `slither node` process: the watchdog on the member ends its actors."""
+    _, _, address = leader
+    m = Member(address, "orphan-check")
+    others = [p for p in m.pids() if p != m.proc.pid]
+    assert others  # Thespian's admin, logger, the watchdog
+    os.kill(m.proc.pid, signal.SIGKILL)
+    m.proc.wait(10)
+    m.proc.stdout.close()
+    assert not wait_pids_gone(others, timeout=10), "the member's actors outlived it"
