@@ -216,3 +216,84 @@ def test_a_member_killed_without_shutdown_leaves_no_process(leader):
     m.proc.wait(10)
     m.proc.stdout.close()
     assert not wait_pids_gone(others, timeout=10), "the member's actors outlived it"
+
+
+NETNS_LEADER = r"""
+import os, subprocess, sys
+import slither
+from slither import PoolSpec
+from slither.cluster import Convention
+
+ns_b, port = sys.argv[1], sys.argv[2]
+conv = Convention(f"10.77.0.1:{port}", os.environ["SLITHER_SECRET"])
+rt = slither.Runtime(pools={"default": 1}, convention=conv, start_timeout=20).start()
+node = [sys.executable, "-m", "slither.cli", "node", "--join", f"10.77.0.1:{port}", "--name", "m1", "--network-only"]
+member = subprocess.Popen(["ip", "netns", "exec", ns_b, *node, "--listen", "10.77.0.2"], stdout=subprocess.PIPE, text=True)
+try:
+    print(member.stdout.readline().strip(), flush=True)
+    rt.add_pool("both", PoolSpec(size=2, where=[{"node": "leader"}, {"node": "m1"}]))
+    out = rt.dispatch(range(40), lambda xs: [(x, os.getpid()) for x in xs], pool="both", batch_size=1, max_in_flight=4)
+    assert [i.payload[0] for i in out] == list(range(40))
+    remote = sorted(c.remote for c in rt.pool("both").workers.values())
+    print("pids", len({i.payload[1] for i in out}), "remote", remote, flush=True)
+finally:
+    rt.shutdown()
+    member.terminate()
+    member.wait(20)
+"""
+
+
+def _netns_or_skip(names):
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and iproute2 (`ip`)")
+    made = []
+    try:
+        for ns in names:
+            subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+            made.append(ns)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        pytest.skip(f"cannot create network namespaces here: {getattr(exc, 'stderr', b'') or exc}")
+    return made
+
+
+def test_a_leader_and_a_member_in_two_network_namespaces(tmp_path):
+    """Two 'hosts' with their own addresses (10.77.0.1 and .2) joined by a veth pair."""
+    tag = str(os.getpid())
+    a, b = f"slither-a{tag}", f"slither-b{tag}"
+    _netns_or_skip([a, b])
+    va, vb = f"sla{tag}"[:15], f"slb{tag}"[:15]
+    try:
+        for cmd in (
+            ["ip", "link", "add", va, "type", "veth", "peer", "name", vb],
+            ["ip", "link", "set", va, "netns", a],
+            ["ip", "link", "set", vb, "netns", b],
+            ["ip", "-n", a, "addr", "add", "10.77.0.1/24", "dev", va],
+            ["ip", "-n", b, "addr", "add", "10.77.0.2/24", "dev", vb],
+            ["ip", "-n", a, "link", "set", va, "up"],
+            ["ip", "-n", b, "link", "set", vb, "up"],
+            ["ip", "-n", a, "link", "set", "lo", "up"],
+            ["ip", "-n", b, "link", "set", "lo", "up"],
+        ):
+            subprocess.run(cmd, check=True, capture_output=True)
+        script = tmp_path / "leader.py"
+        script.write_text(NETNS_LEADER)
+        out = tmp_path / "out.txt"
+        env = {**os.environ, "SLITHER_SECRET": SECRET, "PYTHONPATH": os.pathsep.join(sys.path)}
+        with out.open("w") as f:  # a file, not a pipe: a leaked process would hold a pipe open
+            p = subprocess.run(
+                ["ip", "netns", "exec", a, sys.executable, str(script), b, "7300"],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=90,
+            )
+        text = out.read_text()
+        assert p.returncode == 0, text
+        assert "joined 10.77.0.1:7300" in text and "pids 2 remote [False, True]" in text, text
+    finally:
+        subprocess.run(["ip", "netns", "del", a], capture_output=True)  # deleting a namespace removes its veth end
+        subprocess.run(["ip", "netns", "del", b], capture_output=True)
