@@ -111,10 +111,24 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
-def server_handshake(sock: socket.socket, secret: bytes, timeout: float = 10.0) -> bool:
-    """The listening side. True when the peer proved it knows ``secret``."""
+def _guarded(sock: socket.socket, timeout: float, step) -> bool:
+    """Run one side of the handshake with a deadline; any I/O failure is a refusal."""
     sock.settimeout(timeout)
     try:
+        return step()
+    except (OSError, EOFError):
+        return False
+    finally:
+        try:
+            sock.settimeout(None)
+        except OSError:
+            pass
+
+
+def server_handshake(sock: socket.socket, secret: bytes, timeout: float = 10.0) -> bool:
+    """The listening side. True when the peer proved it knows ``secret``."""
+
+    def step() -> bool:
         mine = secrets.token_bytes(_NONCE)
         sock.sendall(_MAGIC + mine)
         got = _recv_exact(sock, _NONCE + _MAC)
@@ -123,19 +137,14 @@ def server_handshake(sock: socket.socket, secret: bytes, timeout: float = 10.0) 
             return False
         sock.sendall(_mac(secret, b"server", theirs, mine))
         return True
-    except (OSError, EOFError):
-        return False
-    finally:
-        try:
-            sock.settimeout(None)
-        except OSError:
-            pass
+
+    return _guarded(sock, timeout, step)
 
 
 def client_handshake(sock: socket.socket, secret: bytes, timeout: float = 10.0) -> bool:
     """The connecting side. True when the listener proved it knows ``secret``."""
-    sock.settimeout(timeout)
-    try:
+
+    def step() -> bool:
         head = _recv_exact(sock, len(_MAGIC) + _NONCE)
         if head[: len(_MAGIC)] != _MAGIC:
             return False
@@ -143,13 +152,8 @@ def client_handshake(sock: socket.socket, secret: bytes, timeout: float = 10.0) 
         mine = secrets.token_bytes(_NONCE)
         sock.sendall(mine + _mac(secret, b"client", theirs, mine))
         return hmac.compare_digest(_recv_exact(sock, _MAC), _mac(secret, b"server", mine, theirs))
-    except (OSError, EOFError):
-        return False
-    finally:
-        try:
-            sock.settimeout(None)
-        except OSError:
-            pass
+
+    return _guarded(sock, timeout, step)
 
 
 def connect(address: tuple[str, int], secret: bytes | None, timeout: float = 10.0) -> socket.socket:
