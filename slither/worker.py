@@ -144,7 +144,7 @@ def serve(
 
     if hub_tcp is not None and (cluster._force_network or node_key() != leader_node):
         sock = cluster.connect(tuple(hub_tcp), cluster._secret)  # a member's worker: the network path
-        token = ""  # the handshake authenticated us; the runtime's token never leaves its host
+        token = ""  # the handshake authenticated us; the token is for the leader's Unix sockets only
     else:
         sock = _wire.connect(hub_path, timeout=10)
     lock = threading.Lock()
