@@ -114,12 +114,15 @@ class PoolSupervisor(Supervisor):
             self._notify(("pool_down", self._pool.token, self._pool.pool, os.getpid()))
 
 
+def _offers(capabilities, requirements) -> bool:
+    """Thespian's placement check: ``PoolSpec(where={...})`` becomes the requirements."""
+    return all(str(capabilities.get(k)) == str(v) for k, v in (requirements or {}).items())
+
+
 class PlacementProbe(SupervisedActor):
     """Created to learn whether some convention member offers given capabilities."""
 
-    @staticmethod
-    def actorSystemCapabilityCheck(capabilities, requirements):
-        return all(str(capabilities.get(k)) == str(v) for k, v in (requirements or {}).items())
+    actorSystemCapabilityCheck = staticmethod(_offers)
 
     def on_message(self, message, sender):
         pass
@@ -132,10 +135,7 @@ class Worker(SupervisedActor):
 
     _started = False
 
-    @staticmethod
-    def actorSystemCapabilityCheck(capabilities, requirements):
-        # Thespian's placement: PoolSpec(where={...}) becomes the requirements.
-        return all(str(capabilities.get(k)) == str(v) for k, v in (requirements or {}).items())
+    actorSystemCapabilityCheck = staticmethod(_offers)
 
     def on_message(self, message, sender):
         if isinstance(message, WorkerInit) and not self._started:

@@ -33,6 +33,7 @@ import threading
 
 import attrs
 
+from slither import _wire
 from slither.errors import ConfigurationError
 
 _MAGIC = b"SLTH1"
@@ -101,16 +102,6 @@ def _mac(secret: bytes, *parts: bytes) -> bytes:
     return hmac.new(secret, b"".join(parts), hashlib.sha256).digest()
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError("connection closed during the handshake")
-        buf += chunk
-    return buf
-
-
 def _guarded(sock: socket.socket, timeout: float, step) -> bool:
     """Run one side of the handshake with a deadline; any I/O failure is a refusal."""
     sock.settimeout(timeout)
@@ -131,7 +122,7 @@ def server_handshake(sock: socket.socket, secret: bytes, timeout: float = 10.0) 
     def step() -> bool:
         mine = secrets.token_bytes(_NONCE)
         sock.sendall(_MAGIC + mine)
-        got = _recv_exact(sock, _NONCE + _MAC)
+        got = _wire._recv_exact(sock, _NONCE + _MAC)
         theirs, mac = got[:_NONCE], got[_NONCE:]
         if not hmac.compare_digest(mac, _mac(secret, b"client", mine, theirs)):
             return False
@@ -145,13 +136,13 @@ def client_handshake(sock: socket.socket, secret: bytes, timeout: float = 10.0) 
     """The connecting side. True when the listener proved it knows ``secret``."""
 
     def step() -> bool:
-        head = _recv_exact(sock, len(_MAGIC) + _NONCE)
+        head = _wire._recv_exact(sock, len(_MAGIC) + _NONCE)
         if head[: len(_MAGIC)] != _MAGIC:
             return False
         theirs = head[len(_MAGIC) :]
         mine = secrets.token_bytes(_NONCE)
         sock.sendall(mine + _mac(secret, b"client", theirs, mine))
-        return hmac.compare_digest(_recv_exact(sock, _MAC), _mac(secret, b"server", mine, theirs))
+        return hmac.compare_digest(_wire._recv_exact(sock, _MAC), _mac(secret, b"server", mine, theirs))
 
     return _guarded(sock, timeout, step)
 
