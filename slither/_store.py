@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import queue
 import secrets
 import socket
 import threading
@@ -120,12 +121,14 @@ class _Entry:
 
     def __init__(self, name: str, info: dict, cls: type | None = None):
         self.name = name
-        self.path = info["path"]
+        self.path = self.leader_path = info["path"]
         self.sock = info["sock"]
         self.tables: dict[str, str] = dict(info["tables"])
         self.cls_blob = info["cls"]
         self._cls = cls
         self.owner = info.get("owner")
+        # On a convention member: reads from this node's replica, writes over TCP to the leader.
+        self.remote = tuple(info["tcp"]) if _on_member and info.get("tcp") else None
         self._env = None
         self._env_pid = None
         self._dbs: dict = {}
@@ -144,6 +147,10 @@ class _Entry:
         if self._env is None or self._env_pid != pid:
             with self._lock:
                 if self._env is None or self._env_pid != pid:
+                    if self.remote is not None and self.path == self.leader_path:
+                        from slither import _replica
+
+                        self.path = _replica.ensure(self.name, self.remote)
                     env = _server_envs.get(self.path) or lmdb.open(
                         self.path,
                         readonly=True,
@@ -227,11 +234,14 @@ def _entry(store) -> _Entry:
     return e
 
 
+_on_member = False  # set in workers of convention members (see slither.worker.serve)
+
+
 def _register_paths(paths: dict) -> None:
     """Called in workers with the caller's store registrations."""
     for name, info in paths.items():
         old = _registry.get(name)
-        if old is None or old.path != info["path"]:
+        if old is None or old.leader_path != info["path"]:
             _registry[name] = _Entry(name, info)
 
 
@@ -368,7 +378,7 @@ class _Client:
             while True:
                 try:
                     if self.sock is None:
-                        self.sock = _wire.connect(self.entry.sock, timeout=5)
+                        self.sock = self._connect()
                     _wire.send(self.sock, msg)
                     reply = _wire.recv(self.sock)
                     break
@@ -383,6 +393,15 @@ class _Client:
         if reply[0] == "ok":
             return reply[1]
         raise StoreError(reply[1])
+
+    def _connect(self) -> socket.socket:
+        if self.entry.remote is None:
+            return _wire.connect(self.entry.sock, timeout=5)
+        from slither import cluster
+
+        sock = cluster.connect(self.entry.remote, cluster._secret, timeout=5)
+        sock.settimeout(None)
+        return sock
 
     def close(self) -> None:
         if self.sock is not None:
@@ -674,6 +693,8 @@ class StoreInit:
     cls_blob: bytes
     tables: tuple
     persistent: bool
+    tcp: tuple | None = None  # (host, port): replicas and writers on convention members
+    secret: bytes | None = None  # the convention's; checked before anything from TCP is unpickled
 
     def __repr__(self) -> str:
         return f"<StoreInit {self.name}>"
@@ -702,6 +723,78 @@ class _TableWriter:
             self.put(k, v)
 
 
+class _Recorder:
+    """A write transaction that also records what it changes, so that replicas
+    can apply the same changes in one transaction of their own. Client records
+    (``c:`` keys of ``__meta__``) stay on the leader."""
+
+    __slots__ = ("txn", "names", "meta", "changes", "done")
+
+    def __init__(self, txn, names: dict, meta, record: bool):
+        self.txn = txn
+        self.names = names
+        self.meta = meta
+        self.changes: list | None = [] if record else None
+        self.done = False
+
+    def put(self, k: bytes, v: bytes, db) -> None:
+        self.txn.put(k, v, db=db)
+        if self.changes is not None and not (db is self.meta and k.startswith(b"c:")):
+            self.changes.append(("p", self.names[id(db)], bytes(k), v))
+
+    def delete(self, k: bytes, db) -> None:
+        self.txn.delete(k, db=db)
+        if self.changes is not None and not (db is self.meta and k.startswith(b"c:")):
+            self.changes.append(("d", self.names[id(db)], bytes(k)))
+
+    def drop(self, db, delete: bool = False) -> None:
+        assert not delete
+        self.txn.drop(db, delete=False)
+        if self.changes is not None:
+            self.changes.append(("x", self.names[id(db)]))
+
+    def get(self, k: bytes, db=None):
+        return self.txn.get(k, db=db)
+
+    def cursor(self, db=None):
+        return self.txn.cursor(db=db)
+
+    def abort(self) -> None:
+        if not self.done:
+            self.done = True
+            self.txn.abort()
+            self.changes = None
+
+
+class _Subscriber:
+    """One replica following this server: its queue of committed change sets."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.synced = False  # after this, writers wait for its acknowledgement
+        self.gone = False
+
+    def push(self, changes) -> threading.Event:
+        ev = threading.Event()
+        if self.gone:
+            ev.set()
+        else:
+            self.q.put((changes, ev))
+        return ev
+
+    def drop(self) -> None:
+        self.gone = True
+        try:
+            self.conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+REPLICA_ACK_TIMEOUT = 10.0
+_SNAPSHOT_ROWS = 2000
+
+
 class _Server:
     def __init__(self, init: StoreInit):
         self.init = init
@@ -720,6 +813,8 @@ class _Server:
         _server_envs[init.path] = self.env
         self.meta = self.env.open_db(b"__meta__")
         self.dbs = {t: self.env.open_db(_dbname(t)) for t in self.tables}
+        self._names = {id(self.meta): b"__meta__", **{id(db): _dbname(t) for t, db in self.dbs.items()}}
+        self.subs: list[_Subscriber] = []
         self.lock = threading.Lock()
         self.cls = cloudpickle.loads(init.cls_blob)
         self.load_error: str | None = None
@@ -765,8 +860,30 @@ class _Server:
         for dk in doomed:
             txn.delete(dk, db=db)
 
+    @contextmanager
+    def _writing(self):
+        """One write transaction under the write lock. After it commits, its
+        changes go to every replica, and the caller's reply waits until each
+        replica in sync has applied them (or is cut off, to resync)."""
+        with self.lock:
+            rec = _Recorder(self.env.begin(write=True), self._names, self.meta, bool(self.subs))
+            try:
+                yield rec
+            except BaseException:
+                rec.abort()
+                raise
+            if rec.done:  # aborted inside
+                return
+            rec.done = True
+            rec.txn.commit()
+            waits = [(sub, sub.push(rec.changes)) for sub in self.subs] if rec.changes else []
+        deadline = time.monotonic() + REPLICA_ACK_TIMEOUT
+        for sub, ev in waits:
+            if sub.synced and not ev.wait(max(0.0, deadline - time.monotonic())):
+                sub.drop()  # it will reconnect and start again from a snapshot
+
     def reload(self) -> int:
-        with self.lock, self.env.begin(write=True) as txn:
+        with self._writing() as txn:
             for t, db in self.dbs.items():
                 txn.drop(db, delete=False)
                 txn.delete(b"seq:" + t.encode(), db=self.meta)
@@ -802,7 +919,7 @@ class _Server:
             with self.lock, self.env.begin(write=True) as txn:
                 txn.put(ck, pickle.dumps((seq, reply)), db=self.meta)
             return reply
-        with self.lock, self.env.begin(write=True) as txn:
+        with self._writing() as txn:
             ck = b"c:" + client.encode()
             rec = txn.get(ck, db=self.meta)
             if rec is not None:
@@ -855,19 +972,84 @@ class _Server:
         except FileNotFoundError:
             pass
         srv = _wire.listen(self.init.sock)
+        if self.init.tcp is not None:
+            tcp = socket.create_server(tuple(self.init.tcp), backlog=64, reuse_port=False)
+            threading.Thread(target=self._accept, args=(tcp, True), name="slither-store-tcp", daemon=True).start()
+        self._accept(srv, False)
+
+    def _accept(self, srv, tcp: bool) -> None:
         while True:
             conn, _ = srv.accept()
-            threading.Thread(target=self._conn, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._conn, args=(conn, tcp), daemon=True).start()
 
-    def _conn(self, conn) -> None:
+    def _conn(self, conn, tcp: bool = False) -> None:
         try:
+            if tcp:
+                from slither import cluster
+
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if not cluster.server_handshake(conn, self.init.secret):  # before anything is unpickled
+                    return
             while True:
                 client, seq, op = _wire.recv(conn)
+                if op[0] == "subscribe":
+                    self._replicate(conn)
+                    return
                 _wire.send(conn, self.apply(client, seq, op))
         except (EOFError, OSError):
             pass
         finally:
             conn.close()
+
+    def _replicate(self, conn) -> None:
+        """Follow-me for one replica: a snapshot, then every committed change in order.
+
+        The snapshot's read transaction and the subscription start under the
+        write lock, so each commit is either in the snapshot or in the queue.
+        ``ready`` goes through the queue behind whatever committed before it."""
+        sub = _Subscriber(conn)
+        with self.lock:
+            rtxn = self.env.begin()
+            self.subs.append(sub)
+        try:
+            try:
+                _wire.send(conn, ("snap", [b"__meta__", *(_dbname(t) for t in self.tables)]))
+                for name, db in [(b"__meta__", self.meta), *((_dbname(t), d) for t, d in self.dbs.items())]:
+                    rows = []
+                    for k, v in rtxn.cursor(db=db):
+                        if db is self.meta and k.startswith(b"c:"):
+                            continue
+                        rows.append((bytes(k), bytes(v)))
+                        if len(rows) >= _SNAPSHOT_ROWS:
+                            _wire.send(conn, ("rows", name, rows))
+                            rows = []
+                    if rows:
+                        _wire.send(conn, ("rows", name, rows))
+                _wire.send(conn, ("end",))
+            finally:
+                rtxn.abort()
+            with self.lock:
+                sub.synced = True
+                sub.q.put((None, None))
+            while True:
+                changes, ev = sub.q.get()
+                if changes is None:
+                    _wire.send(conn, ("ready",))
+                    continue
+                _wire.send(conn, ("chg", changes))
+                if _wire.recv(conn) != ("ack",):
+                    return
+                ev.set()
+        except (EOFError, OSError):
+            pass
+        finally:
+            sub.gone = True
+            with self.lock:
+                self.subs.remove(sub)
+            while not sub.q.empty():  # nobody waits on a replica that is gone
+                _, ev = sub.q.get()
+                if ev is not None:
+                    ev.set()
 
 
 class StoreServer(SupervisedActor):
@@ -920,20 +1102,20 @@ def _start_stores(rt, classes) -> None:
         except Exception as exc:
             raise ConfigurationError(f"store {name!r}: the class cannot be pickled for its server: {exc}") from exc
         tables = tuple((t.name, t.type) for t in cls.tables)
+        conv = rt.convention
+        # On a convention, members follow the store over TCP: a port fixed for the
+        # runtime's life, so a restarted server is found where the old one was.
+        tcp = (conv.host, _free_tcp_port(conv.host)) if conv is not None else None
         info = {
             "path": path,
             "sock": os.path.join(rt._dir, f"store-{len(specs)}.sock"),
             "tables": tables,
             "cls": blob,
             "owner": rt.token,
+            "tcp": tcp,
         }
-        specs.append(
-            (
-                cls,
-                info,
-                ChildSpec(f"store:{name}", StoreServer, init=StoreInit(name, path, info["sock"], blob, tables, cls.persistent)),
-            )
-        )
+        init = StoreInit(name, path, info["sock"], blob, tables, cls.persistent, tcp, conv.secret if conv else None)
+        specs.append((cls, info, ChildSpec(f"store:{name}", StoreServer, init=init)))
     started = rt._ask(rt._root, StartChild(ChildSpec("stores", Supervisor)), ChildStarted)
     rt._store_sup = started.address
     rt._store_sup_ident = rt._ask(
@@ -950,6 +1132,12 @@ def _start_stores(rt, classes) -> None:
         status = _registry[cls.store_name].client().request(("ping",))
         if status["load_error"]:
             raise StoreError(status["load_error"])
+
+
+def _free_tcp_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def _forget_stores(rt) -> None:

@@ -45,6 +45,7 @@ MIN_SECRET = 16
 # processes Thespian forks from it inherit them.
 _secret: bytes | None = None
 _force_network = False
+_replica_sock: str | None = None  # the node's store replica service (slither._replica)
 
 
 def _parse_address(value: str, what: str) -> tuple[str, int]:
@@ -184,10 +185,10 @@ def run_node(
             leader shares the machine (tests and benchmarks).
         ready: called with the member's capabilities once it has joined.
     """
-    global _secret, _force_network
+    global _secret, _force_network, _replica_sock
     from thespian.actors import ActorSystem
 
-    from slither import _thespian
+    from slither import _replica, _thespian
 
     lhost, lport = _parse_address(join, "--join")
     _secret = _as_secret(secret)
@@ -204,6 +205,8 @@ def run_node(
     caps = {str(k): str(v) for k, v in (capabilities or {}).items()}
     caps["node"] = name or f"{socket.gethostname()}:{admin_port}"
     caps["slither_member"] = "1"
+    replicas = _replica.ReplicaService(_secret)
+    _replica_sock = replicas.sock_path
     asys = ActorSystem(
         "multiprocTCPBase",
         {"Admin Port": admin_port, "Convention Address.IPv4": f"{lhost}:{lport}", **caps},
@@ -216,6 +219,7 @@ def run_node(
 
     watchdog = asys.createActor(RootSupervisor)
     asys.tell(watchdog, WatchCaller(os.getpid(), os.getpgid(0)))
+    replicas.start()  # threads only after Thespian forked its admin from this process
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -225,7 +229,10 @@ def run_node(
         while not stop.wait(0.5):  # sliced: signal handlers run between waits
             pass
     finally:
-        asys.shutdown()  # the actor processes here die with it (they are linked to their parents)
+        try:
+            asys.shutdown()  # the actor processes here die with it (they are linked to their parents)
+        finally:
+            replicas.close()
 
 
 __all__ = ["Convention", "run_node", "server_handshake", "client_handshake"]

@@ -142,7 +142,8 @@ def serve(
     from slither import cluster
     from slither.supervision import node_key
 
-    if hub_tcp is not None and (cluster._force_network or node_key() != leader_node):
+    remote = hub_tcp is not None and (cluster._force_network or node_key() != leader_node)
+    if remote:
         sock = cluster.connect(tuple(hub_tcp), cluster._secret)  # a member's worker: the network path
         token = ""  # the handshake authenticated us; the token is for the leader's Unix sockets only
     else:
@@ -158,6 +159,7 @@ def serve(
         pass
     from slither import _store as store
 
+    store._on_member = remote  # stores: this node's replicas, writes over TCP to the leader
     store._register_paths(store_paths)
     _info.update(pool=pool, index=index, pid=os.getpid(), batches=0, in_process=in_process)
 

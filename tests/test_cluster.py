@@ -10,77 +10,15 @@ import sys
 import threading
 
 import pytest
+from cluster_harness import SECRET, Member, _free_port
 
 import slither
 from slither import PoolSpec, Retry
 from slither.cluster import Convention, client_handshake, connect
 from slither.errors import ConfigurationError
-from slither.supervision import pid_alive
 from slither.testing import wait_pids_gone
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.chaos]
-
-SECRET = "cluster-test-secret-0123456789"
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Member:
-    """`slither node` in a process of ours."""
-
-    def __init__(self, leader, name, secret=SECRET, *extra):
-        env = {**os.environ, "SLITHER_SECRET": secret, "PYTHONPATH": os.pathsep.join(sys.path)}
-        args = [sys.executable, "-m", "slither.cli", "node", "--join", leader, "--name", name, "--network-only", *extra]
-        self.proc = subprocess.Popen(
-            args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-        )
-        self.line = self.proc.stdout.readline()  # printed once it has joined
-        assert "joined" in self.line, self.line + self.proc.stdout.read()
-
-    def pids(self):
-        """The member's processes: forks of it (Thespian's admin detaches into a session of its
-        own, so they are found by their command line, unique per member name)."""
-        with open(f"/proc/{self.proc.pid}/cmdline", "rb") as f:
-            mine = f.read()
-        out = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/cmdline", "rb") as f:
-                        if f.read() == mine and pid_alive(int(entry)):
-                            out.append(int(entry))
-                except OSError:
-                    pass
-        return out
-
-    def kill(self):
-        """SIGKILL every process of the member at once, as a host that dies would."""
-        pids = self.pids()
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait(10)
-        self.proc.stdout.close()
-        assert not wait_pids_gone(pids, timeout=10)
-
-    def stop(self):
-        pids = self.pids()
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            pass
-        self.proc.stdout.close()
-        left = wait_pids_gone(pids, timeout=10)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        assert not left, f"member processes outlived SIGTERM: {left}"
 
 
 @pytest.fixture(scope="module")
@@ -224,9 +162,22 @@ import slither
 from slither import PoolSpec
 from slither.cluster import Convention
 
+class KV(slither.Store):
+    tables = [slither.Table("t")]
+
+    def load(self, tables):
+        tables["t"].put("loaded", True)
+
+
+def read_kv():
+    from slither import _store
+    value = KV.get("t", "k")
+    return value, "slither-node-" in _store._registry["KV"].path, KV.get("t", "loaded")
+
+
 ns_b, port = sys.argv[1], sys.argv[2]
 conv = Convention(f"10.77.0.1:{port}", os.environ["SLITHER_SECRET"])
-rt = slither.Runtime(pools={"default": 1}, convention=conv, start_timeout=20).start()
+rt = slither.Runtime(pools={"default": 1}, stores=[KV], convention=conv, start_timeout=20).start()
 node = [sys.executable, "-m", "slither.cli", "node", "--join", f"10.77.0.1:{port}", "--name", "m1", "--network-only"]
 member = subprocess.Popen(["ip", "netns", "exec", ns_b, *node, "--listen", "10.77.0.2"], stdout=subprocess.PIPE, text=True)
 try:
@@ -236,6 +187,12 @@ try:
     assert [i.payload[0] for i in out] == list(range(40))
     remote = sorted(c.remote for c in rt.pool("both").workers.values())
     print("pids", len({i.payload[1] for i in out}), "remote", remote, flush=True)
+    rt.add_pool("there", PoolSpec(size=1, where={"node": "m1"}))
+    KV.put("t", "k", "v1")
+    print("store", rt.dispatch([0], lambda xs: [read_kv() for _ in xs], pool="there")[0].payload, flush=True)
+    KV.put("t", "k", "v2")
+    KV.reload()  # clears the table: k is gone on every host at once
+    print("reloaded", rt.dispatch([0], lambda xs: [read_kv() for _ in xs], pool="there")[0].payload, flush=True)
 finally:
     rt.shutdown()
     member.terminate()
@@ -294,6 +251,8 @@ def test_a_leader_and_a_member_in_two_network_namespaces(tmp_path):
         text = out.read_text()
         assert p.returncode == 0, text
         assert "joined 10.77.0.1:7300" in text and "pids 2 remote [False, True]" in text, text
+        # the member's worker reads a replica on its own "host", kept current over the veth link
+        assert "store ('v1', True, True)" in text and "reloaded (None, True, True)" in text, text
     finally:
         subprocess.run(["ip", "netns", "del", a], capture_output=True)  # deleting a namespace removes its veth end
         subprocess.run(["ip", "netns", "del", b], capture_output=True)
