@@ -23,7 +23,7 @@ import attrs
 from thespian.actors import ActorExitRequest, WakeupMessage
 
 from slither import _wire
-from slither.supervision import SupervisedActor, Supervisor, pid_alive
+from slither.supervision import SupervisedActor, Supervisor, offers, pid_alive
 
 
 def _cheap_repr(self) -> str:
@@ -114,9 +114,7 @@ class PoolSupervisor(Supervisor):
             self._notify(("pool_down", self._pool.token, self._pool.pool, os.getpid()))
 
 
-def _offers(capabilities, requirements) -> bool:
-    """Thespian's placement check: ``PoolSpec(where={...})`` becomes the requirements."""
-    return all(str(capabilities.get(k)) == str(v) for k, v in (requirements or {}).items())
+_offers = offers  # Thespian's placement check: ``PoolSpec(where={...})`` becomes the requirements
 
 
 class PlacementProbe(SupervisedActor):

@@ -214,6 +214,7 @@ class Runtime:
         self._pools: dict[str, Pool] = {}
         self._pool_addrs: dict[str, Any] = {}
         self._stores: dict[str, Any] = {}
+        self._capabilities: dict | None = None  # a convention leader's own
         self._store_sup = None
         self._pipes: list = []
         self._state = "new"
@@ -264,6 +265,7 @@ class Runtime:
         if conv is not None:
             _thespian.bind_to(conv.host)
             caps = {"Admin Port": conv.port, "node": "leader", **{str(k): str(v) for k, v in conv.capabilities.items()}}
+            self._capabilities = {k: v for k, v in caps.items() if k != "Admin Port"}
         else:
             caps = {"Admin Port": _free_port()}
         self._asys = ActorSystem(self.base, caps, logDefs=_thespian.QUIET_LOGDEFS, transientUnique=True)
@@ -363,7 +365,12 @@ class Runtime:
         ident = self._ask(
             addr,
             SupervisorInit(
-                strategy="one_for_one", max_restarts=spec.max_restarts, max_seconds=spec.max_seconds, children=workers, name=name
+                strategy="one_for_one",
+                max_restarts=spec.max_restarts,
+                max_seconds=spec.max_seconds,
+                children=workers,
+                name=name,
+                capabilities=self._capabilities,  # a leader places workers on live members itself
             ),
             Identity,
         )

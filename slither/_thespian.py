@@ -12,7 +12,9 @@ runtime's processes own.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
+from thespian.system.admin import convention as _convention
 from thespian.system.transport import IPBase
 
 LOOPBACK = "127.0.0.1"
@@ -54,6 +56,24 @@ def bind_to(host: str) -> None:
 if not getattr(IPBase.IPActorAddress, "_slither_patched", False):
     IPBase.IPActorAddress.bindArgs = property(_bind_args)
     IPBase.IPActorAddress._slither_patched = True
+
+
+# Convention members re-register with their leader every period, and the
+# leader drops one that missed three (its actors are then restarted elsewhere).
+# Thespian's default period is 7 min 22 s, so a dead member would hold its
+# workers' places for 22 minutes: 2 s here (a message a member every 2 s),
+# unless CONVENTION_REREGISTRATION_PERIOD ("M:S") says otherwise. Every
+# process of a convention must agree: slither's all import this module.
+# The restart period must shrink with it: a member's admin first sleeps
+# that long (3 min 22 s by default) before its first re-registration, and a
+# leader on a 2 s period would drop it long before.
+MEMBER_CHECKIN = timedelta(seconds=2)
+if "CONVENTION_REREGISTRATION_PERIOD" not in os.environ:
+    _convention.CONVENTION_REREGISTRATION_PERIOD = MEMBER_CHECKIN
+if "CONVENTION_RESTART_PERIOD" not in os.environ:
+    _convention.CONVENTION_RESTART_PERIOD = min(
+        _convention.CONVENTION_RESTART_PERIOD, _convention.CONVENTION_REREGISTRATION_PERIOD
+    )
 
 
 def prepare_environment(log_dir: str) -> None:

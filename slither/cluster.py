@@ -35,6 +35,7 @@ import attrs
 
 from slither import _wire
 from slither.errors import ConfigurationError
+from slither.supervision import INCARNATION
 
 _MAGIC = b"SLTH1"
 _NONCE = 32
@@ -205,6 +206,7 @@ def run_node(
     caps = {str(k): str(v) for k, v in (capabilities or {}).items()}
     caps["node"] = name or f"{socket.gethostname()}:{admin_port}"
     caps["slither_member"] = "1"
+    caps[INCARNATION] = secrets.token_hex(8)  # this start of the member: the leader places on it, not on a dead one
     replicas = _replica.ReplicaService(_secret)
     _replica_sock = replicas.sock_path
     asys = ActorSystem(

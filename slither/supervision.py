@@ -53,6 +53,7 @@ import attrs
 from thespian.actors import (
     Actor,
     ActorExitRequest,
+    ActorSystemConventionUpdate,
     ChildActorExited,
     PoisonMessage,
     WakeupMessage,
@@ -61,6 +62,8 @@ from thespian.actors import (
 RESTART_TYPES = ("permanent", "transient", "temporary")
 STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 _LIVENESS_PERIOD = timedelta(seconds=0.25)
+_PLACE = "slither-place-parked"
+_PLACE_DELAY = timedelta(milliseconds=50)
 
 
 def _cheap_repr(self) -> str:
@@ -101,6 +104,12 @@ class SupervisorInit:
     max_seconds: float = 5.0
     children: tuple = ()
     name: str = "supervisor"
+    # This actor system's own capabilities. Given (a convention leader's), the
+    # supervisor places children that have requirements itself: on this system
+    # or a live member that offers them, the one with the fewest of its
+    # children; it parks a child no live system offers until a member that
+    # does joins, and restarts the children of a member that left.
+    capabilities: Any = None
 
     def __attrs_post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -206,6 +215,14 @@ def pid_alive(pid: int) -> bool:
             return False
 
 
+def offers(capabilities, requirements) -> bool:
+    """Thespian's placement check (``actorSystemCapabilityCheck``) for children with requirements."""
+    return all(str(capabilities.get(k)) == str(v) for k, v in (requirements or {}).items())
+
+
+INCARNATION = "slither_incarnation"  # a capability unique to each start of a member (slither node)
+
+
 def _die_with_parent() -> None:
     """Link this actor's process to its parent's: when the parent dies, so does it.
 
@@ -267,7 +284,7 @@ class SupervisedActor(Actor):
 
 
 class _Child:
-    __slots__ = ("spec", "address", "pid", "normal_exit", "restarts")
+    __slots__ = ("spec", "address", "pid", "normal_exit", "restarts", "member", "parked")
 
     def __init__(self, spec: ChildSpec):
         self.spec = spec
@@ -275,6 +292,8 @@ class _Child:
         self.pid: int | None = None
         self.normal_exit = False
         self.restarts = 0
+        self.member = ""  # the incarnation of the convention member it runs on ("" here)
+        self.parked = False  # no live system offers its requirements: started when one joins
 
 
 class Supervisor(Actor):
@@ -292,6 +311,9 @@ class Supervisor(Actor):
         self._restarts: deque = deque()
         self._stopping = False
         self._watching = False
+        self._members: dict[str, dict] = {}  # admin address -> capabilities of live convention members
+        self._subscribed = False
+        self._placing = False
 
     # -- hooks ---------------------------------------------------------
     def on_init(self, init: SupervisorInit) -> None:
@@ -346,6 +368,13 @@ class Supervisor(Actor):
                     child.normal_exit = True
         elif isinstance(message, ChildActorExited):
             self._exited(message.childAddress)
+        elif isinstance(message, ActorSystemConventionUpdate):
+            self._membership(message)
+        elif isinstance(message, WakeupMessage) and message.payload == _PLACE:
+            self._placing = False
+            for child in list(self._children):
+                if child.parked and not self._stopping:
+                    self._start(child)
         elif isinstance(message, WakeupMessage):
             self._watching = False
             if not self._stopping:
@@ -379,14 +408,59 @@ class Supervisor(Actor):
 
     def _start(self, child: _Child) -> None:
         req = child.spec.requirements
-        child.address = self.createActor(child.spec.actor, targetActorRequirements=dict(req) if req else None)
+        target, child.member = (dict(req) if req else None), ""
+        if req and self._cfg is not None and self._cfg.capabilities is not None:
+            placed = self._place(req)
+            if placed is None:
+                child.address, child.parked = None, True
+                return
+            target, child.member = placed
+        child.parked = False
+        child.address = self.createActor(child.spec.actor, targetActorRequirements=target)
         child.pid = None
         child.normal_exit = False
         self.send(child.address, Identify())
         if child.spec.init is not None:
             self.send(child.address, child.spec.init)
 
-    def _exited(self, address) -> None:
+    def _place(self, req) -> tuple[dict, str] | None:
+        """(requirements for Thespian, member incarnation) of the live system that
+        offers ``req`` and runs the fewest of our children; None when none does."""
+        if not self._subscribed:
+            self._subscribed = True
+            self.notifyOnSystemRegistrationChanges(True)  # members join and leave: ActorSystemConventionUpdate
+        load: dict[str, int] = {}
+        for c in self._children:
+            if c.address is not None:
+                load[c.member] = load.get(c.member, 0) + 1
+        candidates = [("", dict(req))] if offers(self._cfg.capabilities, req) else []
+        for caps in self._members.values():
+            inc = caps.get(INCARNATION)
+            if inc and offers(caps, req):  # pinned to this start of this member, not a dead one of the same name
+                candidates.append((inc, {**req, INCARNATION: inc}))
+        if not candidates:
+            return None
+        member, target = min(candidates, key=lambda c: load.get(c[0], 0))
+        return target, member
+
+    def _membership(self, update) -> None:
+        addr = str(update.remoteAdminAddress)
+        if update.remoteAdded:
+            self._members[addr] = dict(update.remoteCapabilities or {})
+            if not self._placing and any(c.parked for c in self._children):
+                # Thespian announces every current member at once when we subscribe:
+                # place parked children after the burst, so that they spread.
+                self._placing = True
+                self.wakeupAfter(_PLACE_DELAY, payload=_PLACE)
+            return
+        caps = self._members.pop(addr, None) or dict(update.remoteCapabilities or {})
+        inc = caps.get(INCARNATION)
+        if inc:  # Thespian reports no exit for the children of a member that died: these are gone
+            for child in list(self._children):
+                if child.member == inc and child.address is not None:
+                    self._exited(child.address, lost=True)
+
+    def _exited(self, address, lost: bool = False) -> None:
         child = next((c for c in self._children if c.address is not None and c.address == address), None)
         if child is None or self._stopping:
             return  # a duplicate report, or a child we already replaced or stopped
@@ -395,7 +469,8 @@ class Supervisor(Actor):
         if restart == "temporary" or (restart == "transient" and child.normal_exit):
             self._children.remove(child)
             return
-        if not self._allow_restart():
+        # A member that left takes its children along: not a crash loop, not counted.
+        if not lost and not self._allow_restart():
             self._give_up()
             return
         strategy = self._cfg.strategy if self._cfg else "one_for_one"

@@ -59,6 +59,8 @@ class Member:
         assert not wait_pids_gone(pids, timeout=10)
 
     def stop(self):
+        if self.proc.returncode is not None:  # killed already
+            return
         pids = self.pids()
         self.proc.terminate()
         try:

@@ -156,6 +156,62 @@ def test_a_member_killed_without_shutdown_leaves_no_process(leader):
     assert not wait_pids_gone(others, timeout=10), "the member's actors outlived it"
 
 
+def _wait_pool(pool, pred, timeout):
+    """Wait (on the pool's own condition, no polling) until pred(workers) holds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    with pool.lock:
+        while not pred(list(pool.workers.values())):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            pool.changed.wait(left)
+    return True
+
+
+def test_a_member_that_comes_back_rejoins_and_takes_work_again(leader):
+    rt, _, address = leader
+    m = Member(address, "phoenix")
+    try:
+        rt.add_pool("rejoin", PoolSpec(size=3, where=[{"node": "leader"}, {"node": "phoenix"}, {"node": "phoenix"}]))
+        pool = rt.pool("rejoin")
+        first = {c.pid for c in pool.workers.values() if c.remote}
+        assert len(first) == 2 and first <= set(m.pids())
+        m.kill()  # the whole member, at once
+        # Its batches fail over to the leader's worker; nothing is lost.
+        out = rt.dispatch(range(30), pid_of, pool="rejoin", batch_size=1, on_error=Retry(max_attempts=5, backoff=0), timeout=20)
+        assert [i.payload[0] for i in out] == list(range(30))
+        assert {i.payload[1] for i in out}.isdisjoint(first)
+        m = Member(address, "phoenix")  # the same name, a new start (a new admin port, too)
+        # The leader drops the dead member after three missed check-ins and restarts its
+        # workers on the member that came back.
+        assert _wait_pool(pool, lambda ws: sum(c.remote for c in ws) == 2, 60), [c.pid for c in pool.workers.values()]
+        again = {c.pid for c in pool.workers.values() if c.remote}
+        assert again <= set(m.pids())
+        out = rt.dispatch(range(60), pid_of, pool="rejoin", batch_size=1, max_in_flight=6)
+        assert [i.payload[0] for i in out] == list(range(60))
+        assert {i.payload[1] for i in out} & again, "the member that came back takes work again"
+    finally:
+        m.stop()
+
+
+def test_a_pool_spreads_over_every_member_that_offers_its_capabilities(leader):
+    rt, _, address = leader
+    g1 = Member(address, "g1", SECRET, "--capability", "gpu=1")
+    try:
+        g2 = Member(address, "g2", SECRET, "--capability", "gpu=1")
+        try:
+            rt.add_pool("gpu", PoolSpec(size=4, where={"gpu": "1"}))
+            pids = {c.pid for c in rt.pool("gpu").workers.values()}
+            assert all(c.remote for c in rt.pool("gpu").workers.values())  # the leader offers no gpu
+            assert len(pids & set(g1.pids())) == 2 and len(pids & set(g2.pids())) == 2
+        finally:
+            g2.stop()
+    finally:
+        g1.stop()
+
+
 NETNS_LEADER = r"""
 import os, subprocess, sys
 import slither
