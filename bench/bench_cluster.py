@@ -1,12 +1,16 @@
 """A leader alone against a leader plus one member, on this machine.
 
 The member is a `slither node --network-only` process, so its workers use
-the TCP data path a remote host would use (same machine, loopback: no
-network namespaces yet). Prints throughput with the leader's workers only,
-with the workers split between leader and member, and the round trip of a
-one-item batch on a local worker against a member's worker.
+the TCP data path a remote host would use. With ``--netns`` (root and
+iproute2), the leader and the member run in two network namespaces joined by
+a veth pair (10.77.0.1 and 10.77.0.2), so they are two hosts with their own
+addresses; without it, both use loopback. Prints throughput with the
+leader's workers only and with the workers split between leader and member,
+the round trip of a one-item batch on a local worker against a member's
+worker, a store read in a worker on each host, and what a member's replica
+adds to an acknowledged write.
 
-    .venv/bin/python bench/bench_cluster.py
+    .venv/bin/python bench/bench_cluster.py [--netns]
 """
 
 from __future__ import annotations
@@ -24,8 +28,33 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _util import median_time  # noqa: E402
 
 import slither  # noqa: E402
-from slither import PoolSpec  # noqa: E402
+from slither import PoolSpec, Store, Table  # noqa: E402
 from slither.cluster import Convention  # noqa: E402
+
+
+class KV(Store):
+    tables = [Table("t")]
+
+    def load(self, tables):
+        for i in range(1000):
+            tables["t"].put(i, {"value": i, "name": f"key-{i}"})
+
+
+def timed_reads(xs):
+    n = 20000
+    t0 = time.perf_counter()
+    for i in range(n):
+        KV.get("t", i % 1000)
+    return [(time.perf_counter() - t0) / n for _ in xs]
+
+
+def put_latency(n=300):
+    lat = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        KV.put("t", "w", i)
+        lat.append(time.perf_counter() - t0)
+    return statistics.median(lat)
 
 
 def busy_1ms(xs):
@@ -44,20 +73,22 @@ def round_trip(rt, pool, n=200):
     return statistics.median(lat)
 
 
-def main():
+def run(host: str, member_prefix: list, member_listen: str | None, where: str) -> None:
     secret = secrets.token_hex(32)
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         port = s.getsockname()[1]
-    rt = slither.Runtime(pools={"default": 2}, convention=Convention(f"127.0.0.1:{port}", secret)).start()
+    rt = slither.Runtime(pools={"default": 2}, stores=[KV], convention=Convention(f"{host}:{port}", secret)).start()
+    node = [sys.executable, "-m", "slither.cli", "node", "--join", f"{host}:{port}", "--name", "m1", "--network-only"]
+    if member_listen:
+        node += ["--listen", member_listen]
     member = subprocess.Popen(
-        [sys.executable, "-m", "slither.cli", "node", "--join", f"127.0.0.1:{port}", "--name", "m1", "--network-only"],
-        env={**os.environ, "SLITHER_SECRET": secret},
-        stdout=subprocess.PIPE,
-        text=True,
+        member_prefix + node, env={**os.environ, "SLITHER_SECRET": secret}, stdout=subprocess.PIPE, text=True
     )
     try:
         member.stdout.readline()
+        print(f"leader and member: {where}")
+        put_alone = put_latency()  # no replica yet
         rt.add_pool("local1", PoolSpec(size=1, where={"node": "leader"}))
         rt.add_pool("remote1", PoolSpec(size=1, where={"node": "m1"}))
         rt.add_pool("split", PoolSpec(size=2, where=[{"node": "leader"}, {"node": "m1"}]))
@@ -77,11 +108,66 @@ def main():
             f"one-item batch round trip (median): local worker {lat_local * 1e6:,.0f} µs, "
             f"member's worker over TCP {lat_remote * 1e6:,.0f} µs (+{(lat_remote - lat_local) * 1e6:,.0f} µs)"
         )
+        read_local = statistics.median(i.payload for i in rt.dispatch([0, 1, 2], timed_reads, pool="local1", batch_size=1))
+        read_remote = statistics.median(i.payload for i in rt.dispatch([0, 1, 2], timed_reads, pool="remote1", batch_size=1))
+        print(
+            f"store read in a worker (median of 3 x 20,000): leader's host {read_local * 1e6:.2f} µs, "
+            f"member's replica {read_remote * 1e6:.2f} µs ({read_remote / read_local:.2f}x)"
+        )
+        put_replicated = put_latency()  # the member's replica now acknowledges every write
+        print(
+            f"acknowledged put (median of 300): no replica {put_alone * 1e6:,.0f} µs, "
+            f"with the member's replica {put_replicated * 1e6:,.0f} µs (+{(put_replicated - put_alone) * 1e6:,.0f} µs)"
+        )
     finally:
         rt.shutdown()
         member.terminate()
         member.wait(30)
         member.stdout.close()
+
+
+def with_namespaces() -> None:
+    tag = str(os.getpid())
+    a, b = f"slbench-a{tag}", f"slbench-b{tag}"
+    va, vb = f"sba{tag}"[:15], f"sbb{tag}"[:15]
+    made = []
+    try:
+        for ns in (a, b):
+            subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+            made.append(ns)
+        for cmd in (
+            ["ip", "link", "add", va, "type", "veth", "peer", "name", vb],
+            ["ip", "link", "set", va, "netns", a],
+            ["ip", "link", "set", vb, "netns", b],
+            ["ip", "-n", a, "addr", "add", "10.77.0.1/24", "dev", va],
+            ["ip", "-n", b, "addr", "add", "10.77.0.2/24", "dev", vb],
+            ["ip", "-n", a, "link", "set", va, "up"],
+            ["ip", "-n", b, "link", "set", vb, "up"],
+            ["ip", "-n", a, "link", "set", "lo", "up"],
+            ["ip", "-n", b, "link", "set", "lo", "up"],
+        ):
+            subprocess.run(cmd, check=True, capture_output=True)
+        subprocess.run(["ip", "netns", "exec", a, sys.executable, os.path.abspath(__file__), "--inside", b], check=True)
+    finally:
+        for ns in made:  # deleting a namespace removes its veth end
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def main():
+    if "--inside" in sys.argv:
+        ns_b = sys.argv[sys.argv.index("--inside") + 1]
+        run(
+            "10.77.0.1",
+            ["ip", "netns", "exec", ns_b],
+            "10.77.0.2",
+            "two network namespaces (10.77.0.1, 10.77.0.2) on a veth pair",
+        )
+    elif "--netns" in sys.argv:
+        if os.geteuid() != 0:
+            sys.exit("--netns needs root (network namespaces and a veth pair)")
+        with_namespaces()
+    else:
+        run("127.0.0.1", [], None, "one network namespace, loopback")
 
 
 if __name__ == "__main__":

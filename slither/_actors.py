@@ -16,6 +16,7 @@ ride Unix sockets (``slither._wire``).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 
@@ -34,6 +35,7 @@ def _cheap_repr(self) -> str:
 class WatchCaller:
     pid: int
     pgid: int
+    cleanup: str = ""  # a private directory of the caller's, removed when it dies without shutdown
     __repr__ = _cheap_repr
 
 
@@ -72,6 +74,8 @@ class RootSupervisor(Supervisor):
             return
         if isinstance(message, WakeupMessage) and message.payload == "caller":
             if self._caller is not None and not pid_alive(self._caller.pid):
+                if self._caller.cleanup:  # ephemeral stores, sockets, replicas: nobody else removes them
+                    shutil.rmtree(self._caller.cleanup, ignore_errors=True)
                 pgid = os.getpgid(0)
                 if pgid != self._caller.pgid:  # never the caller's own group
                     os.killpg(pgid, signal.SIGKILL)

@@ -281,7 +281,7 @@ class Runtime:
         self._pgid = ident.pgid
         self._root_pid = ident.pid
         if self.base != "simpleSystemBase":
-            self._asys.tell(self._root, WatchCaller(os.getpid(), os.getpgid(0)))
+            self._asys.tell(self._root, WatchCaller(os.getpid(), os.getpgid(0), self._dir))
         if self.store_classes:
             from slither import _store as store_mod
 

@@ -220,7 +220,7 @@ def run_node(
     from slither._actors import RootSupervisor, WatchCaller
 
     watchdog = asys.createActor(RootSupervisor)
-    asys.tell(watchdog, WatchCaller(os.getpid(), os.getpgid(0)))
+    asys.tell(watchdog, WatchCaller(os.getpid(), os.getpgid(0), replicas.dir))
     replicas.start()  # threads only after Thespian forked its admin from this process
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -55,6 +55,7 @@ SCRIPT = textwrap.dedent(
     rt = slither.Runtime(pools={"default": 2}).start()
     rt.dispatch([1, 2, 3], lambda xs: xs)
     print(" ".join(map(str, rt.pids())), flush=True)
+    print(rt._dir, flush=True)
     mode = sys.argv[1]
     if mode == "exit":
         sys.exit(0)          # no shutdown(): atexit must clean up
@@ -72,6 +73,8 @@ def test_no_orphans_when_the_caller_goes_away(mode, sig, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     p = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, stdin=subprocess.PIPE, env=env, text=True)
     pids = [int(x) for x in p.stdout.readline().split()]
+    private = p.stdout.readline().strip()
+    assert os.path.isdir(private)
     assert len(pids) >= 5  # admin, logger, root, pool supervisor, 2 workers
     assert all(pid_alive(x) for x in pids)
     if sig is not None:
@@ -80,6 +83,7 @@ def test_no_orphans_when_the_caller_goes_away(mode, sig, tmp_path):
     p.stdout.close()
     p.stdin.close()
     assert not wait_pids_gone(pids, timeout=10), "the runtime's processes outlived their caller"
+    assert not os.path.exists(private), "the runtime's private directory (sockets, ephemeral stores) was left behind"
 
 
 def test_named_pools_are_separate():
