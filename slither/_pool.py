@@ -533,7 +533,7 @@ class Hub:
             if remote:
                 from slither import cluster
 
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                cluster.tune(s)
                 if not cluster.server_handshake(s, self._secret):  # before anything is unpickled
                     logger.warning("slither hub: refused {}: it did not prove it knows the convention secret", peer)
                     s.close()

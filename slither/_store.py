@@ -987,7 +987,7 @@ class _Server:
             if tcp:
                 from slither import cluster
 
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                cluster.tune(conn)
                 if not cluster.server_handshake(conn, self.init.secret):  # before anything is unpickled
                     return
             while True:

@@ -100,6 +100,30 @@ class Convention:
         return f"Convention(address={self.address!r}, data_port={self.data_port}, capabilities={self.capabilities!r})"
 
 
+# A peer whose host died or whose network was cut sends no FIN: without these
+# a connection to it looks alive forever (an idle worker would never exit, a
+# batch sent to it would wait for its timeout, or for ever without one).
+KEEPALIVE_IDLE = 5  # s of silence before the first probe
+KEEPALIVE_INTERVAL = 2
+KEEPALIVE_PROBES = 3  # unanswered probes: the connection is dead (about 11 s)
+USER_TIMEOUT_MS = 15000  # data sent and not acknowledged for this long: dead
+
+
+def tune(sock: socket.socket) -> None:
+    """Options of every TCP connection between hosts: no Nagle delay, dead peers detected."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+        ("TCP_USER_TIMEOUT", USER_TIMEOUT_MS),
+    ):
+        opt = getattr(socket, name, None)
+        if opt is not None:  # Linux; elsewhere the system's keepalive defaults apply
+            sock.setsockopt(socket.IPPROTO_TCP, opt, value)
+
+
 def _mac(secret: bytes, *parts: bytes) -> bytes:
     return hmac.new(secret, b"".join(parts), hashlib.sha256).digest()
 
@@ -154,7 +178,7 @@ def connect(address: tuple[str, int], secret: bytes | None, timeout: float = 10.
     if secret is None:
         raise ConnectionRefusedError("this process has no convention secret (is it a member started by `slither node`?)")
     s = socket.create_connection(address, timeout=timeout)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    tune(s)
     if not client_handshake(s, secret, timeout):
         s.close()
         raise ConnectionRefusedError(f"the leader at {address[0]}:{address[1]} did not prove it knows the secret")

@@ -213,7 +213,7 @@ def test_a_pool_spreads_over_every_member_that_offers_its_capabilities(leader):
 
 
 NETNS_LEADER = r"""
-import os, subprocess, sys
+import os, subprocess, sys, time
 import slither
 from slither import PoolSpec
 from slither.cluster import Convention
@@ -249,6 +249,23 @@ try:
     KV.put("t", "k", "v2")
     KV.reload()  # clears the table: k is gone on every host at once
     print("reloaded", rt.dispatch([0], lambda xs: [read_kv() for _ in xs], pool="there")[0].payload, flush=True)
+    # Cut the member's network: no FIN, no RST, the peer just goes silent.
+    subprocess.run(["ip", "-n", ns_b, "link", "set", sys.argv[3], "down"], check=True)
+    retry = slither.Retry(max_attempts=6, backoff=0)
+    out = rt.dispatch(range(20), lambda xs: [(x, os.getpid()) for x in xs], pool="both", batch_size=1, timeout=3, on_error=retry)
+    print("during the cut", [i.payload[0] for i in out] == list(range(20)), flush=True)
+    subprocess.run(["ip", "-n", ns_b, "link", "set", sys.argv[3], "up"], check=True)
+    pool = rt.pool("both")
+    deadline, served, ok = time.monotonic() + 60, False, True
+    while not served and time.monotonic() < deadline:  # until a worker on the member serves again
+        out = rt.dispatch(range(4), lambda xs: [(x, os.getpid()) for x in xs], pool="both", batch_size=1, on_error=retry)
+        ok = ok and [i.payload[0] for i in out] == list(range(4))
+        with pool.lock:
+            served = bool({c.pid for c in pool.workers.values() if c.remote} & {i.payload[1] for i in out})
+            if not served:
+                pool.changed.wait(1.0)  # a worker joined or left, or a second went by
+    back = served
+    print("after the cut", ok, back, flush=True)
 finally:
     rt.shutdown()
     member.terminate()
@@ -298,7 +315,7 @@ def test_a_leader_and_a_member_in_two_network_namespaces(tmp_path):
         env = {**os.environ, "SLITHER_SECRET": SECRET, "PYTHONPATH": os.pathsep.join(sys.path)}
         with out.open("w") as f:  # a file, not a pipe: a leaked process would hold a pipe open
             p = subprocess.run(
-                ["ip", "netns", "exec", a, sys.executable, str(script), b, "7300"],
+                ["ip", "netns", "exec", a, sys.executable, str(script), b, "7300", vb],
                 stdout=f,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -309,6 +326,8 @@ def test_a_leader_and_a_member_in_two_network_namespaces(tmp_path):
         assert "joined 10.77.0.1:7300" in text and "pids 2 remote [False, True]" in text, text
         # the member's worker reads a replica on its own "host", kept current over the veth link
         assert "store ('v1', True, True)" in text and "reloaded (None, True, True)" in text, text
+        # its network cut: every item back under Retry; the link back up: the member serves again
+        assert "during the cut True" in text and "after the cut True True" in text, text
     finally:
         subprocess.run(["ip", "netns", "del", a], capture_output=True)  # deleting a namespace removes its veth end
         subprocess.run(["ip", "netns", "del", b], capture_output=True)
