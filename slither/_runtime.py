@@ -264,6 +264,7 @@ class Runtime:
         conv = self.convention
         if conv is not None:
             _thespian.bind_to(conv.host)
+            _thespian.add_key(conv.secret)  # Thespian messages between hosts are signed with it
             caps = {"Admin Port": conv.port, "node": "leader", **{str(k): str(v) for k, v in conv.capabilities.items()}}
             self._capabilities = {k: v for k, v in caps.items() if k != "Admin Port"}
         else:

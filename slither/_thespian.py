@@ -11,11 +11,17 @@ runtime's processes own.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
+import pickle
+import secrets
 from datetime import timedelta
 
 from thespian.system.admin import convention as _convention
 from thespian.system.transport import IPBase
+from thespian.system.transport import TCPTransport as _tcp
+from thespian.system.transport import streamBuffer as _stream
 
 LOOPBACK = "127.0.0.1"
 
@@ -74,6 +80,63 @@ if "CONVENTION_RESTART_PERIOD" not in os.environ:
     _convention.CONVENTION_RESTART_PERIOD = min(
         _convention.CONVENTION_RESTART_PERIOD, _convention.CONVENTION_REREGISTRATION_PERIOD
     )
+
+
+# -- Thespian's own messages are signed ------------------------------------------------
+#
+# Thespian's TCP transport unpickles whatever reaches an admin or actor port:
+# anyone who can connect could run code in our processes. Every message is
+# now sent as [n][n HMAC-SHA256 tags][pickle] and unpickled only when a tag
+# verifies under one of this process's keys: a random key made at import
+# (inherited by every actor process forked from here: it closes loopback
+# ports to other local users) and each convention secret this process uses
+# (``add_key``: shared with the members on other hosts). Thespian's two
+# fixed acknowledgement packets are the only unsigned input accepted, by
+# exact bytes. Refused input never reaches pickle; Thespian logs it as
+# a corrupt packet and drops the connection.
+
+_KEYS: list[bytes] = [secrets.token_bytes(32)]
+_TAG = 32
+_ACKS = {pickle.dumps(_stream.ackPacket): _stream.ackPacket, pickle.dumps(_stream.ackDataErrPacket): _stream.ackDataErrPacket}
+
+
+class Refused:
+    """What an unsigned or wrongly signed Thespian packet becomes instead of being unpickled."""
+
+    __slots__ = ()
+
+
+class _Signed:
+    @staticmethod
+    def dumps(obj) -> bytes:
+        body = pickle.dumps(obj)
+        return bytes([len(_KEYS)]) + b"".join(hmac.new(k, body, hashlib.sha256).digest() for k in _KEYS) + body
+
+    @staticmethod
+    def loads(data):
+        data = bytes(data)
+        ack = _ACKS.get(data)
+        if ack is not None:
+            return ack
+        n = data[0] if data else 0
+        start = 1 + n * _TAG
+        if n == 0 or len(data) <= start:
+            return Refused()
+        body = memoryview(data)[start:]
+        for key in _KEYS:
+            want = hmac.new(key, body, hashlib.sha256).digest()
+            if any(hmac.compare_digest(data[1 + i * _TAG : 1 + (i + 1) * _TAG], want) for i in range(n)):
+                return pickle.loads(body)
+        return Refused()
+
+
+def add_key(secret: bytes) -> None:
+    """Also sign with, and accept, ``secret`` (a convention's): before the actor system starts."""
+    if secret not in _KEYS:
+        _KEYS.append(secret)
+
+
+_tcp.serializer = _Signed  # looked up at each use by Thespian's TCP transport
 
 
 def prepare_environment(log_dir: str) -> None:

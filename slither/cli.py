@@ -135,6 +135,13 @@ def cmd_node(args, parser) -> int:
             host=args.listen,
             network_only=args.network_only,
             ready=lambda c: print(f"slither node {c['node']} joined {args.join} with {c}", flush=True),
+            join_timeout=args.join_timeout,
+            waiting=lambda t: print(
+                f"slither node: no answer from the leader at {args.join} after {t:.0f}s "
+                "(is it running, reachable, and using the same secret?)",
+                file=sys.stderr,
+                flush=True,
+            ),
         )
     except Exception as exc:  # noqa: BLE001 - a clear one-line error for the operator
         print(f"slither node: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -165,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     nd.add_argument("--listen", help="address to listen on (default: the one that reaches the leader)")
     nd.add_argument("--admin-port", type=int, default=0, help="Thespian admin port (default: a free one)")
     nd.add_argument("--network-only", action="store_true", help="workers use TCP even when the leader is local")
+    nd.add_argument(
+        "--join-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="exit with an error if the leader has not accepted this member by then",
+    )
     args = parser.parse_args(argv)
     if args.command == "node":
         if args.workers is not None and args.workers < 1:

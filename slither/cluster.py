@@ -16,9 +16,10 @@ Trust model (also in docs/cluster.md):
   :func:`client_handshake`). Nothing is unpickled on either side before it
   succeeds. After it, frames are pickles in the clear: use a private network
   or a tunnel.
-* Control plane: Thespian's own TCP transport has no authentication and
-  unpickles what reaches its admin port. Bind it to an address that only
-  your hosts can reach.
+* Control plane: Thespian's own TCP transport unpickles what reaches its
+  ports; every Thespian message is signed (HMAC-SHA256 under the secret, see
+  ``slither._thespian``) and an unsigned one is dropped before unpickling.
+  Signed, not encrypted: still use a private network.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ import secrets
 import signal
 import socket
 import threading
+import time
 
 import attrs
+from thespian.actors import Actor, ActorExitRequest, ActorSystemConventionUpdate
 
 from slither import _wire
 from slither.errors import ConfigurationError
@@ -185,6 +188,23 @@ def connect(address: tuple[str, int], secret: bytes | None, timeout: float = 10.
     return s
 
 
+class NotAccepted(ConnectionError):
+    """The leader did not accept this member in time (down, unreachable, or another secret)."""
+
+
+class _LeaderWatch(Actor):
+    """On a member: tells whoever asked once the convention leader has accepted this system."""
+
+    _asker = None
+
+    def receiveMessage(self, message, sender):
+        if message == "watch":
+            self._asker = sender
+            self.notifyOnSystemRegistrationChanges(True)
+        elif isinstance(message, ActorSystemConventionUpdate) and message.remoteAdded and self._asker is not None:
+            self.send(self._asker, ("accepted", str(message.remoteAdminAddress)))
+
+
 def run_node(
     join: str,
     secret: bytes | str,
@@ -195,6 +215,8 @@ def run_node(
     host: str | None = None,
     network_only: bool = False,
     ready=None,
+    join_timeout: float | None = None,
+    waiting=None,
 ) -> None:
     """Run a member: join the leader's convention at ``join`` and serve until SIGTERM/SIGINT.
 
@@ -208,7 +230,15 @@ def run_node(
             to reach the leader).
         network_only: workers here use the network path even when the
             leader shares the machine (tests and benchmarks).
-        ready: called with the member's capabilities once it has joined.
+        ready: called with the member's capabilities once the leader has
+            accepted it (Thespian's messages are signed with the secret: a
+            leader with another secret never does).
+        join_timeout: raise :class:`NotAccepted` if the leader has not
+            accepted this member within that many seconds (None: wait).
+        waiting: called every 10 s while the leader has not accepted it yet.
+
+    Raises:
+        NotAccepted: ``join_timeout`` passed without the leader accepting.
     """
     global _secret, _force_network, _replica_sock
     from thespian.actors import ActorSystem
@@ -223,6 +253,7 @@ def run_node(
             probe.connect((lhost, lport))
             host = probe.getsockname()[0]
     _thespian.bind_to(host)
+    _thespian.add_key(_secret)  # Thespian messages between hosts are signed with it
     if not admin_port:
         with socket.socket() as s:
             s.bind((host, 0))
@@ -250,7 +281,25 @@ def run_node(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        if ready is not None:
+        watch = asys.createActor(_LeaderWatch)
+        asys.tell(watch, "watch")
+        t0 = time.monotonic()
+        last_warning = t0
+        while not stop.is_set():  # until the leader registers back with this member
+            reply = asys.listen(0.5)  # sliced: signal handlers run between waits
+            if isinstance(reply, tuple) and reply[:1] == ("accepted",):
+                break
+            now = time.monotonic()
+            if join_timeout is not None and now - t0 > join_timeout:
+                raise NotAccepted(
+                    f"the leader at {join} did not accept this member within {join_timeout:g}s "
+                    "(is it running, reachable, and using the same secret?)"
+                )
+            if waiting is not None and now - last_warning >= 10:
+                last_warning = now
+                waiting(now - t0)
+        asys.tell(watch, ActorExitRequest())
+        if ready is not None and not stop.is_set():
             ready(caps)
         while not stop.wait(0.5):  # sliced: signal handlers run between waits
             pass

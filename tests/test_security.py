@@ -83,3 +83,46 @@ def test_non_loopback_address_is_refused(rt):
 def test_private_directory_is_owner_only(rt):
     mode = os.stat(rt._dir).st_mode & 0o777
     assert mode == 0o700
+
+
+class _Evil:
+    """Unpickling this runs a command: what anyone who can reach a pickle-reading port can send."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _thespian_packet(payload: bytes) -> bytes:
+    return b"%d>" % len(payload) + payload  # Thespian's TCP framing
+
+
+@pytest.mark.parametrize("forged", ["plain pickle", "forged tag"])
+def test_thespian_ports_never_unpickle_an_unsigned_message(rt, tmp_path, forged):
+    """Every Thespian port of the runtime (admin, logger, actors) refuses a message
+    that is not signed with the runtime's key, before unpickling it."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+    body = pickle.dumps(_Evil(str(marker)))
+    payload = body if forged == "plain pickle" else bytes([1]) + os.urandom(32) + body
+    inodes = set()
+    for pid in rt.pids():
+        inodes |= _inodes_of(pid)
+    ports = [port for ip, port, inode in _listening_tcp() if inode in inodes]
+    assert ports
+    for port in ports:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            c.sendall(_thespian_packet(payload))
+            c.settimeout(5)
+            try:
+                while c.recv(4096):  # Thespian answers with a NAK and closes
+                    pass
+            except OSError:
+                pass
+    # The runtime still works (a round trip through the admin and the workers), and nothing ran.
+    assert rt.dispatch([1, 2], lambda xs: [x + 1 for x in xs], batch_size=1)[1].payload == 3
+    assert rt.pool().wait_ready(10)
+    assert not marker.exists(), "an unsigned pickle was executed by a Thespian process"
