@@ -370,6 +370,7 @@ class _Dispatch:
         self.on_error = on_error
         self.timeout = timeout
         self.ctx = context if context is not None else Context()
+        self._ctx_blob: bytes | None = None
         self.session = self.ctx.session_id if affinity == "session" else None
         self.progress = progress
         self.total = total
@@ -408,7 +409,9 @@ class _Dispatch:
     def _pickle(self, b: _Batch, ref: int) -> list:
         payloads = b.payloads if b.payloads is not None else [i.payload for i in b.items]
         try:
-            return _wire.dumps(("batch", ref, self.fn_key, payloads, self.ctx))
+            if self._ctx_blob is None:  # the Context is the same for every batch: pickled once
+                self._ctx_blob = pickle.dumps(self.ctx, protocol=5)
+            return _wire.dumps(("batch", ref, self.fn_key, payloads, self._ctx_blob))
         except Exception as exc:
             for item in b.items:
                 try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
 import queue
 import sys
 import threading
@@ -83,13 +84,25 @@ def _load_fn(key, blob):
     return fn
 
 
+_contexts: dict[bytes, Context] = {}  # pickled Context -> Context: a dispatch sends the same one with every batch
+
+
+def _context_of(blob: bytes) -> Context:
+    ctx = _contexts.get(blob)
+    if ctx is None:
+        if len(_contexts) >= 64:
+            _contexts.clear()
+        ctx = _contexts[blob] = pickle.loads(blob)
+    return ctx
+
+
 def _run_one(msg, sock, lock) -> None:
-    """msg = ("batch", ref, fn_key, payloads, ctx)."""
+    """msg = ("batch", ref, fn_key, payloads, pickled Context)."""
     global _current
-    _, ref, fn_key, payloads, ctx = msg
-    _current = ctx
+    _, ref, fn_key, payloads, ctx_blob = msg
     try:
         try:
+            _current = _context_of(ctx_blob)  # its metadata may hold objects this worker cannot import
             fn = _load_fn(fn_key, _blobs.get(fn_key))
             results = fn(payloads)
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the caller
