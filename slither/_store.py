@@ -1008,6 +1008,7 @@ class _Server:
         write lock, so each commit is either in the snapshot or in the queue.
         ``ready`` goes through the queue behind whatever committed before it."""
         sub = _Subscriber(conn)
+        ev = None
         with self.lock:
             rtxn = self.env.begin()
             self.subs.append(sub)
@@ -1040,12 +1041,15 @@ class _Server:
                 if _wire.recv(conn) != ("ack",):
                     return
                 ev.set()
+                ev = None
         except (EOFError, OSError):
             pass
         finally:
             sub.gone = True
             with self.lock:
                 self.subs.remove(sub)
+            if ev is not None:  # the change set it was sending when the replica went away
+                ev.set()
             while not sub.q.empty():  # nobody waits on a replica that is gone
                 _, ev = sub.q.get()
                 if ev is not None:
