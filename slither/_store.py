@@ -966,20 +966,35 @@ class _Server:
             return new
         raise ValueError(f"unknown store operation {kind!r}")
 
-    def serve(self) -> None:
+    def start(self) -> None:
+        """Listen (the Unix socket, and TCP on a convention) and serve on threads of this process."""
         try:
             os.unlink(self.init.sock)
         except FileNotFoundError:
             pass
-        srv = _wire.listen(self.init.sock)
+        self._listeners = [(_wire.listen(self.init.sock), False)]
         if self.init.tcp is not None:
-            tcp = socket.create_server(tuple(self.init.tcp), backlog=64, reuse_port=False)
-            threading.Thread(target=self._accept, args=(tcp, True), name="slither-store-tcp", daemon=True).start()
-        self._accept(srv, False)
+            self._listeners.append((socket.create_server(tuple(self.init.tcp), backlog=64), True))
+        for srv, tcp in self._listeners:
+            name = f"slither-store-{self.init.name}-{'tcp' if tcp else 'unix'}"
+            threading.Thread(target=self._accept, args=(srv, tcp), name=name, daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop listening and close the environment (tests; a server process just exits)."""
+        for srv, _ in self._listeners:
+            srv.close()
+        with self.lock:
+            for sub in list(self.subs):
+                sub.drop()
+        _server_envs.pop(self.init.path, None)
+        self.env.close()
 
     def _accept(self, srv, tcp: bool) -> None:
         while True:
-            conn, _ = srv.accept()
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return  # closed
             threading.Thread(target=self._conn, args=(conn, tcp), daemon=True).start()
 
     def _conn(self, conn, tcp: bool = False) -> None:
@@ -1064,8 +1079,7 @@ class StoreServer(SupervisedActor):
     def on_message(self, message, sender):
         if isinstance(message, StoreInit) and not self._started:
             self._started = True
-            server = _Server(message)
-            threading.Thread(target=server.serve, name=f"slither-store-{message.name}", daemon=True).start()
+            _Server(message).start()
 
 
 # -- runtime integration -------------------------------------------------------------------
