@@ -134,8 +134,9 @@ class _Replica:
 class ReplicaService:
     """Runs in the ``slither node`` process: keeps one replica per leader store."""
 
-    def __init__(self, secret: bytes):
-        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    def __init__(self, secret: bytes, base: str | None = None):
+        if base is None:
+            base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
         self.dir = tempfile.mkdtemp(prefix="slither-node-", dir=base)  # 0700
         self.secret = secret
         self.sock_path = os.path.join(self.dir, "replicas.sock")

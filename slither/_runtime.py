@@ -195,6 +195,11 @@ class Runtime:
         self._hub_tcp: tuple | None = None
         pools = {"default": PoolSpec()} if pools is None else dict(pools)
         self.pool_specs: dict[str, PoolSpec] = {n: _as_spec(n, v) for n, v in pools.items()}
+        for n, spec in self.pool_specs.items():
+            if spec.where is not None and (convention is None or convention.join):
+                raise ConfigurationError(
+                    f"pool {n!r}: where={spec.where!r} needs a runtime that leads a convention (Runtime(convention=...))"
+                )
         self.store_classes = list(stores)
         from slither._store import Store
 
@@ -215,6 +220,7 @@ class Runtime:
         self._pool_addrs: dict[str, Any] = {}
         self._stores: dict[str, Any] = {}
         self._capabilities: dict | None = None  # a convention leader's own
+        self._replicas = None  # a joining runtime's store replica service
         self._store_sup = None
         self._pipes: list = []
         self._state = "new"
@@ -262,7 +268,16 @@ class Runtime:
         self._dir = _private_dir()
         _thespian.prepare_environment(self._dir)
         conv = self.convention
-        if conv is not None:
+        if conv is not None and conv.join:
+            from slither import _replica, cluster
+
+            # A member, like `slither node`: the leader may place workers here; they read
+            # stores from replicas this process keeps (see slither._replica).
+            port, caps = cluster._member_setup(conv.address, conv.secret, conv.capabilities, conv.name, 0, conv.listen)
+            caps = {"Admin Port": port, **caps}
+            self._replicas = _replica.ReplicaService(conv.secret, base=self._dir)
+            cluster._set_replica_sock(self._replicas.sock_path)
+        elif conv is not None:
             _thespian.bind_to(conv.host)
             _thespian.add_key(conv.secret)  # Thespian messages between hosts are signed with it
             caps = {"Admin Port": conv.port, "node": "leader", **{str(k): str(v) for k, v in conv.capabilities.items()}}
@@ -271,7 +286,13 @@ class Runtime:
             caps = {"Admin Port": _free_port()}
         self._asys = ActorSystem(self.base, caps, logDefs=_thespian.QUIET_LOGDEFS, transientUnique=True)
         self._hub = Hub(os.path.join(self._dir, "hub.sock"), self.token, self._store_paths)
-        if conv is not None:
+        if conv is not None and conv.join:
+            self._replicas.start()  # threads only after Thespian forked its admin from this process
+            try:
+                cluster.await_leader(self._asys, conv.address, self.start_timeout)
+            except cluster.NotAccepted as exc:
+                raise TimeoutError(str(exc)) from None
+        elif conv is not None:
             self._hub_tcp = self._hub.listen_tcp(conv.host, conv.data_port, conv.secret)
         self._root = self._asys.createActor(RootSupervisor)
         ident = self._ask(
@@ -335,8 +356,10 @@ class Runtime:
 
     def _start_pool(self, name: str, spec: PoolSpec) -> Pool:
         if spec.where is not None:
-            if self.convention is None:
-                raise ConfigurationError(f"pool {name!r}: where={spec.where!r} needs a Runtime(convention=...)")
+            if self.convention is None or self.convention.join:
+                raise ConfigurationError(
+                    f"pool {name!r}: where={spec.where!r} needs a runtime that leads a convention (Runtime(convention=...))"
+                )
             for req in {tuple(sorted(r.items())) for r in spec.placements}:
                 try:
                     self.wait_for_member(dict(req), self.start_timeout)
@@ -460,6 +483,8 @@ class Runtime:
         from slither import _store as store_mod
 
         store_mod._forget_stores(self)
+        if self._replicas is not None:
+            self._replicas.close()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
         with self._lock:

@@ -1123,7 +1123,7 @@ def _start_stores(rt, classes) -> None:
         conv = rt.convention
         # On a convention, members follow the store over TCP: a port fixed for the
         # runtime's life, so a restarted server is found where the old one was.
-        tcp = (conv.host, _free_tcp_port(conv.host)) if conv is not None else None
+        tcp = (conv.host, _free_tcp_port(conv.host)) if conv is not None and not conv.join else None
         info = {
             "path": path,
             "sock": os.path.join(rt._dir, f"store-{len(specs)}.sock"),

@@ -72,7 +72,7 @@ def _as_secret(value) -> bytes:
 
 @attrs.frozen(repr=False)
 class Convention:
-    """Makes a Runtime the leader of a convention.
+    """Makes a Runtime the leader of a convention, or (``join=True``) a member of one.
 
     Args:
         address: ``"HOST:PORT"`` where the leader's Thespian admin listens and
@@ -80,13 +80,24 @@ class Convention:
         secret: shared with every member (bytes or str, at least 16 bytes).
         data_port: the leader's data-plane TCP port on the same host (0: a
             free one; members learn it from the leader).
-        capabilities: what the leader itself offers to ``PoolSpec(where=...)``.
+        capabilities: what this runtime offers to the leader's
+            ``PoolSpec(where=...)``.
+        join: this runtime joins the convention led at ``address`` instead
+            of leading it, like ``slither node``: the leader may place
+            workers on it, and its own pools and stores stay local.
+        name: a joining runtime's ``node`` capability (default
+            ``HOSTNAME:ADMINPORT``).
+        listen: the address a joining runtime listens on (default: the one
+            it uses to reach the leader).
     """
 
     address: str
     secret: bytes = attrs.field(converter=_as_secret)
     data_port: int = 0
     capabilities: dict = attrs.field(factory=dict)
+    join: bool = False
+    name: str | None = None
+    listen: str | None = None
 
     def __attrs_post_init__(self):
         _parse_address(self.address, "Convention.address")
@@ -100,7 +111,8 @@ class Convention:
         return _parse_address(self.address, "Convention.address")[1]
 
     def __repr__(self) -> str:  # never print the secret
-        return f"Convention(address={self.address!r}, data_port={self.data_port}, capabilities={self.capabilities!r})"
+        role = ", join=True" if self.join else ""
+        return f"Convention(address={self.address!r}, data_port={self.data_port}, capabilities={self.capabilities!r}{role})"
 
 
 # A peer whose host died or whose network was cut sends no FIN: without these
@@ -188,6 +200,68 @@ def connect(address: tuple[str, int], secret: bytes | None, timeout: float = 10.
     return s
 
 
+def _member_setup(join: str, secret: bytes, capabilities, name, admin_port: int, host: str | None) -> tuple[int, dict]:
+    """Prepare this process to run a member's actor system: (admin port, capabilities).
+
+    Everything here is inherited by the actor processes Thespian forks from
+    this one: the bind address, the key that signs Thespian messages, the
+    data-plane secret of the workers the leader places here."""
+    global _secret
+    from slither import _thespian
+
+    lhost, lport = _parse_address(join, "join")
+    _secret = secret
+    if host is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((lhost, lport))
+            host = probe.getsockname()[0]
+    _thespian.bind_to(host)
+    _thespian.add_key(secret)  # Thespian messages between hosts are signed with it
+    if not admin_port:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            admin_port = s.getsockname()[1]
+    caps = {str(k): str(v) for k, v in (capabilities or {}).items()}
+    caps["node"] = name or f"{socket.gethostname()}:{admin_port}"
+    caps["slither_member"] = "1"
+    caps[INCARNATION] = secrets.token_hex(8)  # this start of the member: the leader places on it, not on a dead one
+    caps["Convention Address.IPv4"] = f"{lhost}:{lport}"
+    return admin_port, caps
+
+
+def _set_replica_sock(path: str | None) -> None:
+    global _replica_sock
+    _replica_sock = path
+
+
+def await_leader(asys, join: str, timeout: float | None, stop: threading.Event | None = None, waiting=None) -> None:
+    """Return once the leader at ``join`` has accepted the member ``asys``.
+
+    Raises:
+        NotAccepted: not within ``timeout`` seconds (None: wait until ``stop``).
+    """
+    watch = asys.createActor(_LeaderWatch)
+    try:
+        asys.tell(watch, "watch")
+        t0 = time.monotonic()
+        last_warning = t0
+        while stop is None or not stop.is_set():  # until the leader registers back with this member
+            reply = asys.listen(0.5)  # sliced: signal handlers run between waits
+            if isinstance(reply, tuple) and reply[:1] == ("accepted",):
+                return
+            now = time.monotonic()
+            if timeout is not None and now - t0 > timeout:
+                raise NotAccepted(
+                    f"the leader at {join} did not accept this member within {timeout:g}s "
+                    "(is it running, reachable, and using the same secret?)"
+                )
+            if waiting is not None and now - last_warning >= 10:
+                last_warning = now
+                waiting(now - t0)
+    finally:
+        asys.tell(watch, ActorExitRequest())
+
+
 class NotAccepted(ConnectionError):
     """The leader did not accept this member in time (down, unreachable, or another secret)."""
 
@@ -240,35 +314,18 @@ def run_node(
     Raises:
         NotAccepted: ``join_timeout`` passed without the leader accepting.
     """
-    global _secret, _force_network, _replica_sock
+    global _force_network
     from thespian.actors import ActorSystem
 
     from slither import _replica, _thespian
 
-    lhost, lport = _parse_address(join, "--join")
-    _secret = _as_secret(secret)
     _force_network = network_only
-    if host is None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect((lhost, lport))
-            host = probe.getsockname()[0]
-    _thespian.bind_to(host)
-    _thespian.add_key(_secret)  # Thespian messages between hosts are signed with it
-    if not admin_port:
-        with socket.socket() as s:
-            s.bind((host, 0))
-            admin_port = s.getsockname()[1]
-    caps = {str(k): str(v) for k, v in (capabilities or {}).items()}
-    caps["node"] = name or f"{socket.gethostname()}:{admin_port}"
-    caps["slither_member"] = "1"
-    caps[INCARNATION] = secrets.token_hex(8)  # this start of the member: the leader places on it, not on a dead one
-    replicas = _replica.ReplicaService(_secret)
-    _replica_sock = replicas.sock_path
+    secret = _as_secret(secret)
+    admin_port, caps = _member_setup(join, secret, capabilities, name, admin_port, host)
+    replicas = _replica.ReplicaService(secret)
+    _set_replica_sock(replicas.sock_path)
     asys = ActorSystem(
-        "multiprocTCPBase",
-        {"Admin Port": admin_port, "Convention Address.IPv4": f"{lhost}:{lport}", **caps},
-        logDefs=_thespian.QUIET_LOGDEFS,
-        transientUnique=True,
+        "multiprocTCPBase", {"Admin Port": admin_port, **caps}, logDefs=_thespian.QUIET_LOGDEFS, transientUnique=True
     )
     # Thespian's admin detaches from this process: a watchdog actor kills the
     # member's actors if this process dies without shutting them down.
@@ -281,24 +338,7 @@ def run_node(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        watch = asys.createActor(_LeaderWatch)
-        asys.tell(watch, "watch")
-        t0 = time.monotonic()
-        last_warning = t0
-        while not stop.is_set():  # until the leader registers back with this member
-            reply = asys.listen(0.5)  # sliced: signal handlers run between waits
-            if isinstance(reply, tuple) and reply[:1] == ("accepted",):
-                break
-            now = time.monotonic()
-            if join_timeout is not None and now - t0 > join_timeout:
-                raise NotAccepted(
-                    f"the leader at {join} did not accept this member within {join_timeout:g}s "
-                    "(is it running, reachable, and using the same secret?)"
-                )
-            if waiting is not None and now - last_warning >= 10:
-                last_warning = now
-                waiting(now - t0)
-        asys.tell(watch, ActorExitRequest())
+        await_leader(asys, join, join_timeout, stop, waiting)
         if ready is not None and not stop.is_set():
             ready(caps)
         while not stop.wait(0.5):  # sliced: signal handlers run between waits

@@ -136,7 +136,7 @@ def test_options_are_checked():
         Convention("127.0.0.1:1234", "short")
     with pytest.raises(ConfigurationError, match="HOST:PORT"):
         Convention("nohost", SECRET)
-    with pytest.raises(ConfigurationError, match="needs a Runtime\\(convention"):
+    with pytest.raises(ConfigurationError, match="leads a convention \\(Runtime\\(convention"):
         with slither.Runtime(pools={"x": PoolSpec(size=1, where={"node": "m1"})}):
             pass
     with pytest.raises(ConfigurationError, match="where must be"):
@@ -194,6 +194,49 @@ def test_a_member_that_comes_back_rejoins_and_takes_work_again(leader):
         assert {i.payload[1] for i in out} & again, "the member that came back takes work again"
     finally:
         m.stop()
+
+
+JOINER = r"""
+import os, sys
+import slither
+from slither.cluster import Convention
+
+conv = Convention(sys.argv[1], os.environ["SLITHER_SECRET"], join=True, name="joiner", capabilities={"role": "both"})
+rt = slither.Runtime(pools={"default": 1}, convention=conv).start()
+try:
+    print("joined", rt.dispatch([1, 2], lambda xs: [x * 10 for x in xs])[1].payload, flush=True)  # its own pool
+    sys.stdin.read()  # until the test closes stdin
+finally:
+    rt.shutdown()
+print("stopped", flush=True)
+"""
+
+
+def test_a_runtime_can_join_a_convention_and_take_the_leaders_workers(leader, tmp_path):
+    rt, _, address = leader
+    script = tmp_path / "joiner.py"
+    script.write_text(JOINER)
+    env = {**os.environ, "SLITHER_SECRET": SECRET, "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.Popen(
+        [sys.executable, str(script), address], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert p.stdout.readline().split() == ["joined", "20"]  # accepted by the leader, and its own pool works
+        rt.add_pool("on-joiner", PoolSpec(size=1, where={"node": "joiner", "role": "both"}))
+        [conn] = rt.pool("on-joiner").workers.values()
+        out = rt.dispatch(range(6), pid_of, pool="on-joiner", batch_size=2)
+        assert [i.payload for i in out] == [(x, conn.pid) for x in range(6)]
+        with open(f"/proc/{conn.pid}/cmdline", "rb") as f:
+            assert str(script).encode() in f.read()  # a process of the joining runtime's actor system
+        with pytest.raises(ConfigurationError, match="leads a convention"):  # a member's pools stay local
+            slither.Runtime(
+                pools={"x": PoolSpec(size=1, where={"node": "leader"})}, convention=Convention(address, SECRET, join=True)
+            )
+    finally:
+        p.stdin.close()
+        assert p.wait(30) == 0
+        assert p.stdout.read().strip() == "stopped"
+        p.stdout.close()
 
 
 def test_a_pool_spreads_over_every_member_that_offers_its_capabilities(leader):
