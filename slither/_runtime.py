@@ -465,7 +465,13 @@ class Runtime:
 
             stopper = threading.Thread(target=_stop_asys, name="slither-asys-shutdown", daemon=True)
             stopper.start()
-            stopper.join(timeout)
+            own_group = self._pgid is not None and self._pgid != os.getpgid(0)
+            while stopper.is_alive() and time.monotonic() < deadline:
+                stopper.join(0.01)
+                # Thespian's admin sometimes exits without its "shutdown completed" reply (seen
+                # after SIGKILLed workers): once every process of the runtime is gone, stop waiting.
+                if own_group and stopper.is_alive() and not pids_in_group(self._pgid):
+                    break
         for pool in self._pools.values():
             pool.disconnect()
         if self._hub is not None:
