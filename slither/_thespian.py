@@ -7,6 +7,10 @@ while :data:`LOOPBACK_ONLY` is set every Thespian listener of this process
 (and of the actor processes it forks, which inherit this patched class) binds
 to 127.0.0.1. ``tests/test_security.py`` checks every listening socket the
 runtime's processes own.
+
+Also here: every Thespian message is signed and an unsigned one is dropped
+before it is unpickled (below), and the convention check-in periods are
+shortened so that a dead member is noticed in seconds, not minutes.
 """
 
 from __future__ import annotations
