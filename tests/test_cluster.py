@@ -50,6 +50,46 @@ def test_work_spreads_over_the_leader_and_a_member(leader):
     assert remote_pids <= set(member.pids())  # the remote worker is one of the member's processes
 
 
+class AcrossHosts(slither.Pipe):
+    stages = [
+        slither.stage.inline("prep", handler=lambda item, ctx: item.payload + 1),
+        slither.stage.pool("square", fn=lambda xs: [(x * x, os.getpid()) for x in xs], pool="span", batch_size=1),
+    ]
+
+
+def test_pipes_affinity_and_telemetry_work_unchanged_across_hosts(leader):
+    rt, member, _ = leader
+    remote = {c.pid for c in rt.pool("span").workers.values() if c.remote}
+    # A pipe whose pool stage spreads over the leader and the member.
+    out = rt.run_pipe(AcrossHosts, range(30))["default"]
+    assert sorted(i.payload[0] for i in out) == [(x + 1) ** 2 for x in range(30)]
+    assert {i.payload[1] for i in out} & remote, "the member ran some of the pipe's batches"
+    # Session affinity: every batch of a session on one worker, whichever host it is on.
+    for _ in range(4):
+        ctx = slither.Context()
+        pids = {
+            i.payload
+            for i in rt.dispatch(
+                range(12), lambda xs: [os.getpid() for _ in xs], pool="span", batch_size=2, affinity="session", context=ctx
+            )
+        }
+        assert len(pids) == 1
+    # Telemetry: an event emitted by a worker on the member reaches the leader's handlers.
+    got = []
+    slither.telemetry.attach("across", [("custom", "remote")], lambda e, m, md: got.append((m, md)))
+    try:
+
+        def emit(xs):
+            slither.telemetry._emit_anywhere(("custom", "remote"), {"n": len(xs)}, {"pid": os.getpid()})
+            return xs
+
+        rt.dispatch(range(12), emit, pool="span", batch_size=1, max_in_flight=6)
+    finally:
+        slither.telemetry.detach("across")
+    assert sum(m["n"] for m, _ in got) == 12
+    assert {md["pid"] for _, md in got} & remote, "events from the member's worker arrived"
+
+
 def test_a_late_batch_on_a_member_times_out_and_the_pool_carries_on(leader):
     rt, _, _ = leader
 
