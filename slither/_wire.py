@@ -7,8 +7,11 @@ length per buffer), the protocol-5 pickle, and the raw buffers. Objects that
 support out-of-band pickling (numpy arrays, ``pickle.PickleBuffer``) are
 sent without being copied into the pickle.
 
-Only Unix-domain sockets inside the runtime's private (0700) directory are
-used, so nothing here is reachable from another host.
+A single-host runtime uses only Unix-domain sockets inside its private
+(0700) directory, so nothing here is reachable from another host. On a
+convention, the same frames also travel over TCP between hosts, always after
+the mutual HMAC handshake of :mod:`slither.cluster` (workers of members, store
+writers and store replicas).
 """
 
 from __future__ import annotations
