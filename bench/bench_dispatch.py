@@ -77,15 +77,17 @@ def item_floor(items, batch, repeats=5):
     dispatch returns Items (the contract); this is the ceiling that puts on
     tiny work, measured without any process or socket.
     """
+    from itertools import repeat
+
     from slither._item import _EMPTY, _ItemSlots
 
     batches = [items[i : i + batch] for i in range(0, len(items), batch)]
 
-    def build():
+    def build():  # as dispatch builds them (_Dispatch._finish_ok)
         out = []
         i = 0
         for b in batches:
-            out.extend([_ItemSlots(i + k, x, _EMPTY, "default") for k, x in enumerate(b)])
+            out.extend(map(_ItemSlots, range(i, i + len(b)), b, repeat(_EMPTY), repeat("default")))
             i += len(b)
         return len(out)
 

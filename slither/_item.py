@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Iterable, Mapping
+from itertools import repeat
 from types import MappingProxyType
 from typing import Any
 
@@ -94,7 +95,7 @@ class Item(_ItemSlots):
         """Wrap payloads in items whose ids are unique and increasing."""
         payloads = list(payloads)
         if cls is Item:
-            return [_ItemSlots(i, p, _EMPTY, "default") for i, p in zip(_next_ids(len(payloads)), payloads)]
+            return list(map(_ItemSlots, _next_ids(len(payloads)), payloads, repeat(_EMPTY), repeat("default")))
         return [_make(cls, i, p, _EMPTY, "default") for i, p in zip(_next_ids(len(payloads)), payloads)]
 
     def update_payload(self, payload: Any) -> Item:
