@@ -127,30 +127,15 @@ def run(host: str, member_prefix: list, member_listen: str | None, where: str) -
 
 
 def with_namespaces() -> None:
-    tag = str(os.getpid())
-    a, b = f"slbench-a{tag}", f"slbench-b{tag}"
-    va, vb = f"sba{tag}"[:15], f"sbb{tag}"[:15]
-    made = []
+    from slither.testing.netns import Unavailable, two_hosts
+
     try:
-        for ns in (a, b):
-            subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
-            made.append(ns)
-        for cmd in (
-            ["ip", "link", "add", va, "type", "veth", "peer", "name", vb],
-            ["ip", "link", "set", va, "netns", a],
-            ["ip", "link", "set", vb, "netns", b],
-            ["ip", "-n", a, "addr", "add", "10.77.0.1/24", "dev", va],
-            ["ip", "-n", b, "addr", "add", "10.77.0.2/24", "dev", vb],
-            ["ip", "-n", a, "link", "set", va, "up"],
-            ["ip", "-n", b, "link", "set", vb, "up"],
-            ["ip", "-n", a, "link", "set", "lo", "up"],
-            ["ip", "-n", b, "link", "set", "lo", "up"],
-        ):
-            subprocess.run(cmd, check=True, capture_output=True)
-        subprocess.run(["ip", "netns", "exec", a, sys.executable, os.path.abspath(__file__), "--inside", b], check=True)
-    finally:
-        for ns in made:  # deleting a namespace removes its veth end
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        with two_hosts("slbench") as (a, b):
+            subprocess.run(
+                ["ip", "netns", "exec", a.name, sys.executable, os.path.abspath(__file__), "--inside", b.name], check=True
+            )
+    except Unavailable as exc:
+        sys.exit(f"--netns: {exc}")
 
 
 def main():
@@ -163,8 +148,6 @@ def main():
             "two network namespaces (10.77.0.1, 10.77.0.2) on a veth pair",
         )
     elif "--netns" in sys.argv:
-        if os.geteuid() != 0:
-            sys.exit("--netns needs root (network namespaces and a veth pair)")
         with_namespaces()
     else:
         run("127.0.0.1", [], None, "one network namespace, loopback")

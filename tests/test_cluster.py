@@ -2,6 +2,7 @@
 separate processes, each its own Thespian actor system on its own loopback
 port. Members use the network data path (--network-only) as if remote."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ from slither import PoolSpec, Retry
 from slither.cluster import Convention, client_handshake, connect
 from slither.errors import ConfigurationError
 from slither.testing import wait_pids_gone
+from slither.testing.netns import Unavailable, two_hosts
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.chaos]
 
@@ -356,49 +358,20 @@ finally:
 """
 
 
-def _netns_or_skip(names):
-    import shutil
-
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("network namespaces need root and iproute2 (`ip`)")
-    made = []
-    try:
-        for ns in names:
-            subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
-            made.append(ns)
-    except (subprocess.CalledProcessError, OSError) as exc:
-        for ns in made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        pytest.skip(f"cannot create network namespaces here: {getattr(exc, 'stderr', b'') or exc}")
-    return made
-
-
 def test_a_leader_and_a_member_in_two_network_namespaces(tmp_path):
     """Two 'hosts' with their own addresses (10.77.0.1 and .2) joined by a veth pair."""
-    tag = str(os.getpid())
-    a, b = f"slither-a{tag}", f"slither-b{tag}"
-    _netns_or_skip([a, b])
-    va, vb = f"sla{tag}"[:15], f"slb{tag}"[:15]
-    try:
-        for cmd in (
-            ["ip", "link", "add", va, "type", "veth", "peer", "name", vb],
-            ["ip", "link", "set", va, "netns", a],
-            ["ip", "link", "set", vb, "netns", b],
-            ["ip", "-n", a, "addr", "add", "10.77.0.1/24", "dev", va],
-            ["ip", "-n", b, "addr", "add", "10.77.0.2/24", "dev", vb],
-            ["ip", "-n", a, "link", "set", va, "up"],
-            ["ip", "-n", b, "link", "set", vb, "up"],
-            ["ip", "-n", a, "link", "set", "lo", "up"],
-            ["ip", "-n", b, "link", "set", "lo", "up"],
-        ):
-            subprocess.run(cmd, check=True, capture_output=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            a, b = stack.enter_context(two_hosts())  # removed on the way out, whatever happens
+        except Unavailable as exc:
+            pytest.skip(str(exc))
         script = tmp_path / "leader.py"
         script.write_text(NETNS_LEADER)
         out = tmp_path / "out.txt"
         env = {**os.environ, "SLITHER_SECRET": SECRET, "PYTHONPATH": os.pathsep.join(sys.path)}
         with out.open("w") as f:  # a file, not a pipe: a leaked process would hold a pipe open
             p = subprocess.run(
-                ["ip", "netns", "exec", a, sys.executable, str(script), b, "7300", vb],
+                ["ip", "netns", "exec", a.name, sys.executable, str(script), b.name, "7300", b.link],
                 stdout=f,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -411,6 +384,3 @@ def test_a_leader_and_a_member_in_two_network_namespaces(tmp_path):
         assert "store ('v1', True, True)" in text and "reloaded (None, True, True)" in text, text
         # its network cut: every item back under Retry; the link back up: the member serves again
         assert "during the cut True" in text and "after the cut True True" in text, text
-    finally:
-        subprocess.run(["ip", "netns", "del", a], capture_output=True)  # deleting a namespace removes its veth end
-        subprocess.run(["ip", "netns", "del", b], capture_output=True)

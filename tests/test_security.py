@@ -45,6 +45,16 @@ def _listening_tcp():
     return rows
 
 
+def _runtime_ports(rt):
+    """The TCP ports the runtime's processes listen on (at least one)."""
+    inodes = set()
+    for pid in rt.pids():
+        inodes |= _inodes_of(pid)
+    ports = [port for _, port, inode in _listening_tcp() if inode in inodes]
+    assert ports, "expected the runtime's Thespian processes to listen on TCP"
+    return ports
+
+
 def test_every_listening_socket_of_the_runtime_is_loopback(rt):
     inodes = set()
     for pid in rt.pids():
@@ -67,11 +77,7 @@ def test_non_loopback_address_is_refused(rt):
         s.close()
     if my_ip.startswith("127."):
         pytest.skip("this machine has no non-loopback IPv4 address")
-    inodes = set()
-    for pid in rt.pids():
-        inodes |= _inodes_of(pid)
-    ports = [port for _, port, inode in _listening_tcp() if inode in inodes]
-    assert ports
+    ports = _runtime_ports(rt)
     for port in ports:
         c = socket.socket()
         c.settimeout(2)
@@ -108,12 +114,7 @@ def test_thespian_ports_never_unpickle_an_unsigned_message(rt, tmp_path, forged)
     marker = tmp_path / "pwned"
     body = pickle.dumps(_Evil(str(marker)))
     payload = body if forged == "plain pickle" else bytes([1]) + os.urandom(32) + body
-    inodes = set()
-    for pid in rt.pids():
-        inodes |= _inodes_of(pid)
-    ports = [port for ip, port, inode in _listening_tcp() if inode in inodes]
-    assert ports
-    for port in ports:
+    for port in _runtime_ports(rt):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
             c.sendall(_thespian_packet(payload))
             c.settimeout(5)
