@@ -136,6 +136,7 @@ def cmd_node(args, parser) -> int:
             network_only=args.network_only,
             ready=lambda c: print(f"slither node {c['node']} joined {args.join} with {c}", flush=True),
             join_timeout=args.join_timeout,
+            replica_dir=args.replica_dir,
             waiting=lambda t: print(
                 f"slither node: no answer from the leader at {args.join} after {t:.0f}s "
                 "(is it running, reachable, and using the same secret?)",
@@ -172,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     nd.add_argument("--listen", help="address to listen on (default: the one that reaches the leader)")
     nd.add_argument("--admin-port", type=int, default=0, help="Thespian admin port (default: a free one)")
     nd.add_argument("--network-only", action="store_true", help="workers use TCP even when the leader is local")
+    nd.add_argument(
+        "--replica-dir",
+        metavar="DIR",
+        help="where store replicas live (default /dev/shm, else the system temp dir); a private directory is made inside",
+    )
     nd.add_argument(
         "--join-timeout",
         type=float,

@@ -291,6 +291,7 @@ def run_node(
     ready=None,
     join_timeout: float | None = None,
     waiting=None,
+    replica_dir: str | None = None,
 ) -> None:
     """Run a member: join the leader's convention at ``join`` and serve until SIGTERM/SIGINT.
 
@@ -310,6 +311,9 @@ def run_node(
         join_timeout: raise :class:`NotAccepted` if the leader has not
             accepted this member within that many seconds (None: wait).
         waiting: called every 10 s while the leader has not accepted it yet.
+        replica_dir: where this member keeps its store replicas (a private
+            directory is made inside it and removed on exit; default
+            ``/dev/shm``, else the system's temporary directory).
 
     Raises:
         NotAccepted: ``join_timeout`` passed without the leader accepting.
@@ -322,7 +326,7 @@ def run_node(
     _force_network = network_only
     secret = _as_secret(secret)
     admin_port, caps = _member_setup(join, secret, capabilities, name, admin_port, host)
-    replicas = _replica.ReplicaService(secret)
+    replicas = _replica.ReplicaService(secret, base=replica_dir)
     _set_replica_sock(replicas.sock_path)
     asys = ActorSystem(
         "multiprocTCPBase", {"Admin Port": admin_port, **caps}, logDefs=_thespian.QUIET_LOGDEFS, transientUnique=True

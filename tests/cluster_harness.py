@@ -1,10 +1,12 @@
 """`slither node` members as processes of the test, for the cluster tests."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 
 from slither.supervision import pid_alive
 from slither.testing import wait_pids_gone
@@ -22,8 +24,11 @@ class Member:
     """`slither node` in a process of ours."""
 
     def __init__(self, leader, name, secret=SECRET, *extra):
+        # Its replicas go in a directory of ours: a member SIGKILLed whole cannot remove them itself.
+        self.dir = tempfile.mkdtemp(prefix="slither-test-member-")
         env = {**os.environ, "SLITHER_SECRET": secret, "PYTHONPATH": os.pathsep.join(sys.path)}
-        args = [sys.executable, "-m", "slither.cli", "node", "--join", leader, "--name", name, "--network-only", *extra]
+        args = [sys.executable, "-m", "slither.cli", "node", "--join", leader, "--name", name, "--network-only"]
+        args += ["--replica-dir", self.dir, *extra]
         self.proc = subprocess.Popen(
             args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
@@ -57,9 +62,11 @@ class Member:
         self.proc.wait(10)
         self.proc.stdout.close()
         assert not wait_pids_gone(pids, timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def stop(self):
         if self.proc.returncode is not None:  # killed already
+            shutil.rmtree(self.dir, ignore_errors=True)
             return
         pids = self.pids()
         self.proc.terminate()
@@ -72,3 +79,5 @@ class Member:
         for pid in left:
             os.kill(pid, signal.SIGKILL)
         assert not left, f"member processes outlived SIGTERM: {left}"
+        assert os.listdir(self.dir) == [], "the member left its replica directory behind"
+        os.rmdir(self.dir)

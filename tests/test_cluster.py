@@ -196,6 +196,8 @@ def test_a_member_killed_without_shutdown_leaves_no_process(leader):
     m.proc.wait(10)
     m.proc.stdout.close()
     assert not wait_pids_gone(others, timeout=10), "the member's actors outlived it"
+    assert os.listdir(m.dir) == [], "the watchdog removes the member's private directory"
+    os.rmdir(m.dir)
 
 
 def _wait_pool(pool, pred, timeout):
