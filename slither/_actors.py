@@ -118,13 +118,10 @@ class PoolSupervisor(Supervisor):
             self._notify(("pool_down", self._pool.token, self._pool.pool, os.getpid()))
 
 
-_offers = offers  # Thespian's placement check: ``PoolSpec(where={...})`` becomes the requirements
-
-
 class PlacementProbe(SupervisedActor):
     """Created to learn whether some convention member offers given capabilities."""
 
-    actorSystemCapabilityCheck = staticmethod(_offers)
+    actorSystemCapabilityCheck = staticmethod(offers)  # PoolSpec(where=...) becomes the requirements
 
     def on_message(self, message, sender):
         pass
@@ -137,7 +134,7 @@ class Worker(SupervisedActor):
 
     _started = False
 
-    actorSystemCapabilityCheck = staticmethod(_offers)
+    actorSystemCapabilityCheck = staticmethod(offers)  # PoolSpec(where=...) becomes the requirements
 
     def on_message(self, message, sender):
         if isinstance(message, WorkerInit) and not self._started:

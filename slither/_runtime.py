@@ -269,14 +269,14 @@ class Runtime:
         _thespian.prepare_environment(self._dir)
         conv = self.convention
         if conv is not None and conv.join:
-            from slither import _replica, cluster
+            from slither import cluster
 
             # A member, like `slither node`: the leader may place workers here; they read
             # stores from replicas this process keeps (see slither._replica).
-            port, caps = cluster._member_setup(conv.address, conv.secret, conv.capabilities, conv.name, 0, conv.listen)
+            port, caps, self._replicas = cluster._member_setup(
+                conv.address, conv.secret, conv.capabilities, conv.name, 0, conv.listen, self._dir
+            )
             caps = {"Admin Port": port, **caps}
-            self._replicas = _replica.ReplicaService(conv.secret, base=self._dir)
-            cluster._set_replica_sock(self._replicas.sock_path)
         elif conv is not None:
             _thespian.bind_to(conv.host)
             _thespian.add_key(conv.secret)  # Thespian messages between hosts are signed with it

@@ -200,14 +200,15 @@ def connect(address: tuple[str, int], secret: bytes | None, timeout: float = 10.
     return s
 
 
-def _member_setup(join: str, secret: bytes, capabilities, name, admin_port: int, host: str | None) -> tuple[int, dict]:
-    """Prepare this process to run a member's actor system: (admin port, capabilities).
+def _member_setup(join: str, secret: bytes, capabilities, name, admin_port: int, host: str | None, replica_dir: str | None):
+    """Prepare this process to run a member's actor system: (admin port, capabilities, replica service).
 
     Everything here is inherited by the actor processes Thespian forks from
     this one: the bind address, the key that signs Thespian messages, the
-    data-plane secret of the workers the leader places here."""
-    global _secret
-    from slither import _thespian
+    data-plane secret of the workers the leader places here and the socket
+    of the store replica service (start it once the actor system exists)."""
+    global _secret, _replica_sock
+    from slither import _replica, _thespian
 
     lhost, lport = _parse_address(join, "join")
     _secret = secret
@@ -226,12 +227,9 @@ def _member_setup(join: str, secret: bytes, capabilities, name, admin_port: int,
     caps["slither_member"] = "1"
     caps[INCARNATION] = secrets.token_hex(8)  # this start of the member: the leader places on it, not on a dead one
     caps["Convention Address.IPv4"] = f"{lhost}:{lport}"
-    return admin_port, caps
-
-
-def _set_replica_sock(path: str | None) -> None:
-    global _replica_sock
-    _replica_sock = path
+    replicas = _replica.ReplicaService(secret, base=replica_dir)
+    _replica_sock = replicas.sock_path
+    return admin_port, caps, replicas
 
 
 def await_leader(asys, join: str, timeout: float | None, stop: threading.Event | None = None, waiting=None) -> None:
@@ -321,13 +319,11 @@ def run_node(
     global _force_network
     from thespian.actors import ActorSystem
 
-    from slither import _replica, _thespian
+    from slither import _thespian
 
     _force_network = network_only
     secret = _as_secret(secret)
-    admin_port, caps = _member_setup(join, secret, capabilities, name, admin_port, host)
-    replicas = _replica.ReplicaService(secret, base=replica_dir)
-    _set_replica_sock(replicas.sock_path)
+    admin_port, caps, replicas = _member_setup(join, secret, capabilities, name, admin_port, host, replica_dir)
     asys = ActorSystem(
         "multiprocTCPBase", {"Admin Port": admin_port, **caps}, logDefs=_thespian.QUIET_LOGDEFS, transientUnique=True
     )

@@ -304,6 +304,7 @@ import os, subprocess, sys, time
 import slither
 from slither import PoolSpec
 from slither.cluster import Convention
+from slither.testing.netns import Host
 
 class KV(slither.Store):
     tables = [slither.Table("t")]
@@ -337,11 +338,12 @@ try:
     KV.reload()  # clears the table: k is gone on every host at once
     print("reloaded", rt.dispatch([0], lambda xs: [read_kv() for _ in xs], pool="there")[0].payload, flush=True)
     # Cut the member's network: no FIN, no RST, the peer just goes silent.
-    subprocess.run(["ip", "-n", ns_b, "link", "set", sys.argv[3], "down"], check=True)
+    member_host = Host(ns_b, "10.77.0.2", sys.argv[3])
+    member_host.cut()
     retry = slither.Retry(max_attempts=6, backoff=0)
     out = rt.dispatch(range(20), lambda xs: [(x, os.getpid()) for x in xs], pool="both", batch_size=1, timeout=3, on_error=retry)
     print("during the cut", [i.payload[0] for i in out] == list(range(20)), flush=True)
-    subprocess.run(["ip", "-n", ns_b, "link", "set", sys.argv[3], "up"], check=True)
+    member_host.restore()
     pool = rt.pool("both")
     deadline, served, ok = time.monotonic() + 60, False, True
     while not served and time.monotonic() < deadline:  # until a worker on the member serves again

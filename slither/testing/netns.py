@@ -34,6 +34,8 @@ class Unavailable(RuntimeError):
 
 @attrs.frozen
 class Host:
+    """One of the two "hosts": a network namespace with its end of the veth pair."""
+
     name: str  # the namespace: ``ip netns exec NAME cmd ...`` runs cmd on this host
     address: str  # its IPv4 address on the link
     link: str  # its end of the veth pair
@@ -43,6 +45,7 @@ class Host:
         _ip("-n", self.name, "link", "set", self.link, "down")
 
     def restore(self) -> None:
+        """Bring this host's link up again."""
         _ip("-n", self.name, "link", "set", self.link, "up")
 
 
