@@ -589,7 +589,8 @@ class _Dispatch:
                     wait = 0.0 if wait is None else min(wait, 0.0)
                 try:
                     # Sliced waits keep the caller responsive to signals (Ctrl-C) whatever the platform.
-                    msg = q.get(timeout=0.5 if wait is None else min(wait, 0.5))
+                    timeout = 0.5 if wait is None else min(wait, 0.5)
+                    msg = q.get(timeout=timeout) if self.pool is None else self.pool.wait(q, timeout)
                 except queue.Empty:
                     msg = None
                 now = time.monotonic()
@@ -710,7 +711,7 @@ def run_on_workers(rt, fn, pool: str, timeout: float) -> list[tuple[int, Any]]:
     out = []
     deadline = time.monotonic() + timeout
     for _ in workers:
-        pid, result, error = q.get(timeout=max(0.0, deadline - time.monotonic()))
+        pid, result, error = p.wait(q, max(0.0, deadline - time.monotonic()))
         if error is not None:
             raise error
         out.append((pid, result[0]))

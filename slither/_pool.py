@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
+import select
 import signal
 import socket
 import sys
@@ -49,6 +51,7 @@ from slither.errors import (
 from slither.supervision import pid_alive
 
 _refs = itertools.count(1)
+_TAKE_OVER = object()  # put on a waiting thread's queue: the reading right is free, take it
 
 
 class Task:
@@ -107,6 +110,7 @@ class WorkerConn:
         "alive",
         "sessions",
         "remote",
+        "reader",
     )
 
     def __init__(self, pool, index, pid, sock, remote: bool = False):
@@ -125,6 +129,7 @@ class WorkerConn:
         self.send_lock = threading.Lock()
         self.alive = True
         self.sessions: set = set()
+        self.reader = _wire.Reader(sock)
 
 
 class Pool:
@@ -147,8 +152,26 @@ class Pool:
         self.restarts = 0
         self._rr = 0
         self._timer_next = 0.0
+        # Receiving (see wait()): whoever holds _rx reads every worker socket of the pool.
+        self._rx = threading.Lock()
+        self._rx_owner = 0  # ident of the thread holding _rx, 0 when free
+        self._rx_taken = 0  # how many times _rx was taken: the backup reader stays away while it moves
+        self._rx_wanted = False  # a waiting thread asks the backup reader to hand over
+        self._followers: deque = deque()  # queues of threads waiting while another one reads
+        self._conns: dict[int, WorkerConn] = {}  # fd -> connection being read (under self.lock)
+        self._conns_gen = 0
+        self._poller = None
+        self._poller_gen = -1
+        self._poller_conns: dict[int, WorkerConn] = {}
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._wake_closed = False
         self._timer = threading.Thread(target=self._timer_loop, name=f"slither-pool-{name}-timer", daemon=True)
         self._timer.start()
+        self._backup = threading.Thread(target=self._backup_loop, name=f"slither-pool-{name}-rx", daemon=True)
+        self._backup_ident = 0
+        self._backup.start()
 
     # -- submission ----------------------------------------------------
     def submit(self, task: Task) -> None:
@@ -287,31 +310,179 @@ class Pool:
                 # A replacement arrived before the old socket's EOF: the old one is dead.
                 _kill_conn(old)
             self.workers[conn.index] = conn
+            self._conns[conn.sock.fileno()] = conn
+            self._conns_gen += 1
             if restarted:
                 self.restarts += 1
             touched = self._pump()
             self.changed.notify_all()
+        self._wake()  # whoever is reading adds the new socket
         self._flush(touched)
-        threading.Thread(target=self._reader, args=(conn,), name=f"slither-{self.name}-w{conn.index}-rx", daemon=True).start()
         if restarted:
             telemetry.emit(("slither", "worker", "restart"), {}, {"pool": self.name, "worker": conn.pid, "index": conn.index})
 
-    def _reader(self, conn: WorkerConn) -> None:
-        recv = _wire.Reader(conn.sock).recv
+    # -- receiving -----------------------------------------------------
+    # No reader thread per worker: a thread waiting for its results (wait())
+    # reads the sockets of every worker of the pool itself, and hands what
+    # belongs to other waiting threads to their queues. One reader at a time
+    # (the _rx lock); the others wait on their queues and are handed the
+    # reading right when the reader leaves. When nobody has waited for a
+    # while (between dispatches, or while a dispatch_stream consumer works
+    # on an item), the backup thread reads, so a crash, a telemetry event or
+    # a result is still taken in at once. On the hot path one thread sends,
+    # receives and builds the result Items, without a thread switch per batch.
+
+    def wait(self, q: queue.SimpleQueue, timeout: float):
+        """The next message put on ``q``, waiting at most ``timeout`` seconds
+        (``queue.Empty`` after that). While it waits, the calling thread reads
+        the pool's worker sockets unless another thread does already."""
+        if self._wake_closed:  # every connection is gone: nothing more comes from the sockets
+            msg = q.get(timeout=timeout)
+            return self.wait(q, 0) if msg is _TAKE_OVER else msg
+        while True:
+            if not q.empty():
+                msg = q.get()
+                if msg is not _TAKE_OVER:
+                    return msg
+                continue
+            break
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._rx.acquire(blocking=False):
+                self._rx_owner = threading.get_ident()
+                self._rx_taken += 1
+                try:
+                    while True:
+                        self._read(max(0.0, deadline - time.monotonic()))
+                        while not q.empty():
+                            msg = q.get()
+                            if msg is not _TAKE_OVER:
+                                return msg
+                        if time.monotonic() >= deadline:
+                            raise queue.Empty
+                finally:
+                    self._rx_owner = 0
+                    self._rx.release()
+                    if self._followers:
+                        self._pass_on()
+            # Another thread reads: wait for a message or for the reading right.
+            if self._rx_owner == self._backup_ident:
+                self._rx_wanted = True
+                self._wake()
+            self._followers.append(q)
+            try:
+                if not self._rx.locked():
+                    continue  # the reader left between our two looks: take over
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise queue.Empty
+                msg = q.get(timeout=left)
+            finally:
+                try:
+                    self._followers.remove(q)
+                except ValueError:
+                    pass  # _pass_on took it
+            if msg is not _TAKE_OVER:
+                if self._followers and not self._rx.locked():
+                    self._pass_on()  # a hand-over meant for us may be lost in our queue
+                return msg
+
+    def _pass_on(self) -> None:
+        """Hand the reading right to a waiting thread (called after releasing _rx)."""
+        try:
+            q = self._followers.popleft()
+        except IndexError:
+            return
+        q.put(_TAKE_OVER)
+
+    def _wake(self) -> None:
+        """Make the current reader return from poll() (new socket, a message put from outside)."""
+        with self.lock:
+            if self._wake_closed:
+                return
+            try:
+                os.write(self._wake_w, b"\0")
+            except (BlockingIOError, OSError):
+                pass  # full: a wake-up is pending anyway
+
+    def _read(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for frames, and handle every frame that arrived. Holds _rx."""
+        if self._poller_gen != self._conns_gen:
+            with self.lock:
+                if self._wake_closed:
+                    return
+                poller = select.poll()
+                poller.register(self._wake_r, select.POLLIN)
+                for fd in self._conns:
+                    poller.register(fd, select.POLLIN)
+                conns = dict(self._conns)
+                self._poller, self._poller_gen, self._poller_conns = poller, self._conns_gen, conns
+        try:
+            events = self._poller.poll(int(timeout * 1000 + 0.999))
+        except InterruptedError:  # pragma: no cover - PEP 475 retries; a raising handler propagates
+            return
+        for fd, _ev in events:
+            if fd == self._wake_r:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass
+                continue
+            conn = self._poller_conns.get(fd)
+            if conn is not None and conn.alive:
+                self._drain(conn)
+
+    def _drain(self, conn: WorkerConn) -> None:
+        """Handle the frames of ``conn`` that arrived (poll said it is readable)."""
+        reader = conn.reader
         try:
             while True:
-                msg = recv()
-                kind = msg[0]
-                if kind == "event":
+                msg = reader.recv()  # blocks only for the rest of a frame already on its way
+                if msg[0] == "event":
                     telemetry.emit(msg[1], msg[2], {**msg[3], "pool": self.name, "worker": conn.pid})
-                    continue
-                self._complete(conn, msg)
+                else:
+                    self._complete(conn, msg)
+                if reader.start == reader.end:
+                    return
         except (EOFError, OSError):
             pass
         except Exception:  # noqa: BLE001 - e.g. a result that fails to unpickle here
             logger.exception("pool {!r}: bad frame from worker {}", self.name, conn.pid)
             _kill_conn(conn)
         self._lost(conn)
+
+    def _backup_loop(self) -> None:
+        """Read the sockets when no waiting thread has for a while; end after close()."""
+        self._backup_ident = threading.get_ident()
+        quiet = threading.Event()  # never set: a wait with a timeout that close() does not need to cut short
+        while True:
+            with self.lock:
+                if self.closed and not self.workers:
+                    self._wake_closed = True
+                    break
+            taken = self._rx_taken
+            quiet.wait(0.01)
+            if self._rx_taken != taken or not self._rx.acquire(blocking=False):
+                continue
+            self._rx_wanted = False
+            self._rx_owner = self._backup_ident
+            self._rx_taken += 1
+            try:
+                while not self._rx_wanted:
+                    self._read(0.25)
+                    with self.lock:
+                        if self.closed and not self.workers:
+                            break
+            finally:
+                self._rx_owner = 0
+                self._rx.release()
+                self._pass_on()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def _complete(self, conn: WorkerConn, msg) -> None:
         with self.lock:
@@ -338,6 +509,9 @@ class Pool:
     def _lost(self, conn: WorkerConn) -> None:
         with self.lock:
             conn.alive = False
+            if self._conns.get(conn.sock.fileno()) is conn:
+                del self._conns[conn.sock.fileno()]
+                self._conns_gen += 1
             conn.sendq.clear()  # every queued frame is also in inflight: re-queued below
             if self.workers.get(conn.index) is conn:
                 del self.workers[conn.index]
@@ -400,6 +574,7 @@ class Pool:
         for t in victims:
             if t.callback is not None:
                 t.callback(t, None, self._pool_down(), None)
+        self._wake()  # a thread reading in wait() sees its queue
 
     def _pool_down(self) -> PoolDown:
         # A fresh instance per caller: one exception raised in several threads
@@ -438,6 +613,7 @@ class Pool:
         for t in victims:
             if t.callback is not None:
                 t.callback(t, None, err, None)
+        self._wake()
 
     def disconnect(self) -> None:
         """Close every worker socket (after the actor tree is stopped)."""
