@@ -124,6 +124,9 @@ def _private_dir() -> str:
     return d
 
 
+_SHUTDOWN_STALL = 0.5  # seconds without any runtime process exiting while Thespian's shutdown waits
+
+
 def pids_in_group(pgid: int) -> list[int]:
     """Live (non-zombie) pids whose process group is ``pgid`` (Linux /proc)."""
     out = []
@@ -452,6 +455,7 @@ class Runtime:
                 pool.close()
             asys, self._asys = self._asys, None
         deadline = time.monotonic() + timeout
+        stalled = False
         if asys is not None:
             # ActorSystem.shutdown() waits up to 10 s for the admin's "shutdown completed",
             # which after SIGKILLed actors was seen never to come. Wait at most 2 s here
@@ -466,22 +470,39 @@ class Runtime:
             stopper = threading.Thread(target=_stop_asys, name="slither-asys-shutdown", daemon=True)
             stopper.start()
             own_group = self._pgid is not None and self._pgid != os.getpgid(0)
+            seen, since = None, time.monotonic()
             while stopper.is_alive() and time.monotonic() < deadline:
                 stopper.join(0.01)
+                if not (own_group and stopper.is_alive()):
+                    continue
                 # Thespian's admin sometimes exits without its "shutdown completed" reply (seen
                 # after SIGKILLed workers): once every process of the runtime is gone, stop waiting.
-                if own_group and stopper.is_alive() and not pids_in_group(self._pgid):
+                alive = pids_in_group(self._pgid)
+                if not alive:
+                    break
+                # And sometimes, after many SIGKILLed workers, every process of the tree sits idle
+                # and none ever exits: when none has exited for a while, go to the backstop now.
+                if alive != seen:
+                    seen, since = alive, time.monotonic()
+                elif time.monotonic() - since > _SHUTDOWN_STALL:
+                    stalled = True
                     break
         for pool in self._pools.values():
             pool.disconnect()
         if self._hub is not None:
             self._hub.close()
         if self._pgid is not None and self._pgid != os.getpgid(0):
-            while pids_in_group(self._pgid) and time.monotonic() < deadline:
+            # Workers exit at once on their socket's EOF (disconnect() above), stalled tree or not.
+            end = min(deadline, time.monotonic() + 0.2) if stalled else deadline
+            while pids_in_group(self._pgid) and time.monotonic() < end:
                 time.sleep(0.01)  # polling process exit: there is no event to await for non-children
             left = pids_in_group(self._pgid)
             if left:
-                logger.info("runtime processes {} still alive {}s after shutdown; killing their process group", left, timeout)
+                logger.info(
+                    "runtime processes {} still alive after shutdown ({}); killing their process group",
+                    left,
+                    f"none exited for {_SHUTDOWN_STALL}s" if stalled else f"{timeout}s",
+                )
                 try:
                     os.killpg(self._pgid, signal.SIGKILL)
                 except ProcessLookupError:
