@@ -323,3 +323,80 @@ def test_a_batch_goes_to_an_idle_worker_not_behind_a_running_one():
         for _ in range(3):
             out = fresh.dispatch(range(2), slow, batch_size=1)
             assert out[0].payload != out[1].payload
+
+
+# -- receiving: the waiting thread reads every worker socket (see Pool.wait) --------------
+
+
+def test_eight_threads_share_the_reading(rt):
+    """Batches of one item, eight callers at once: the reading right passes between them
+    (and their results between their queues) thousands of times; every result reaches
+    its own caller, in order."""
+    results = {}
+
+    def go(n):
+        kind = "preserve" if n % 2 else "as_completed"
+        out = rt.dispatch(range(n * 1000, n * 1000 + 300), lambda xs: [x + 1 for x in xs], batch_size=1, ordering=kind)
+        results[n] = [i.payload for i in out] if kind == "preserve" else sorted(i.payload for i in out)
+
+    threads = [threading.Thread(target=go, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(50)
+    assert {n: results.get(n) for n in range(8)} == {n: list(range(n * 1000 + 1, n * 1000 + 301)) for n in range(8)}
+
+
+def test_a_paused_stream_does_not_stall_another_caller(rt):
+    """A dispatch_stream whose consumer stops reading holds no reading right: another
+    caller's dispatch completes meanwhile, and the paused stream's results (read by the
+    other caller or the backup reader) are all there, in order, when it resumes."""
+    stream = rt.dispatch_stream(range(40), lambda xs: [x * 3 for x in xs], batch_size=2, max_in_flight=8)
+    first = next(stream)
+    done = []
+    t = threading.Thread(target=lambda: done.append(rt.dispatch(range(500), lambda xs: [-x for x in xs], batch_size=4)))
+    t.start()
+    t.join(30)
+    assert [i.payload for i in done[0]] == [-x for x in range(500)]
+    assert [first.payload] + [i.payload for i in stream] == [x * 3 for x in range(40)]
+
+
+def test_a_crash_is_seen_while_no_caller_waits(rt):
+    """Nobody dispatches: the pool's backup reader still sees a killed worker's EOF at
+    once (the crash event fires, the supervisor's replacement is attached)."""
+    from slither import telemetry
+
+    victim = rt.worker_pids()[0]
+    seen = threading.Event()
+
+    def on_crash(event, measurements, metadata):
+        if metadata.get("worker") == victim:
+            seen.set()
+
+    telemetry.attach("test-crash-idle", [("slither", "worker", "crash")], on_crash)
+    try:
+        os.kill(victim, signal.SIGKILL)
+        assert seen.wait(20), "the pool did not notice the killed worker while nobody was waiting"
+    finally:
+        telemetry.detach("test-crash-idle")
+    assert rt.pool().wait_ready(20)
+    assert victim not in rt.worker_pids()
+
+
+def test_the_pools_reader_thread_and_wake_pipe_end_with_the_runtime():
+    from slither.testing import running_runtime
+
+    def link(fd):
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return None
+
+    with running_runtime(pools={"rxend": 1}) as fresh:
+        pool = fresh.pool("rxend")
+        assert [i.payload for i in fresh.dispatch([1, 2], lambda xs: xs, pool="rxend")] == [1, 2]
+        pipes = {fd: link(fd) for fd in (pool._wake_r, pool._wake_w)}
+        assert all(v and v.startswith("pipe:") for v in pipes.values())
+    pool._backup.join(10)
+    assert not pool._backup.is_alive()
+    assert all(link(fd) != was for fd, was in pipes.items()), "the pool's wake pipe was left open"
