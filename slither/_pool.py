@@ -111,6 +111,7 @@ class WorkerConn:
         "sessions",
         "remote",
         "reader",
+        "bulk",
     )
 
     def __init__(self, pool, index, pid, sock, remote: bool = False):
@@ -130,6 +131,12 @@ class WorkerConn:
         self.alive = True
         self.sessions: set = set()
         self.reader = _wire.Reader(sock)
+        self.bulk: queue.SimpleQueue | None = None  # hands large frames to a thread of this connection
+
+
+# A frame with more than this still to arrive is read by a thread of its connection,
+# so that the thread reading every socket goes on sending and receiving meanwhile.
+BULK = 128 * 1024
 
 
 class Pool:
@@ -438,11 +445,10 @@ class Pool:
         reader = conn.reader
         try:
             while True:
-                msg = reader.recv()  # blocks only for the rest of a frame already on its way
-                if msg[0] == "event":
-                    telemetry.emit(msg[1], msg[2], {**msg[3], "pool": self.name, "worker": conn.pid})
-                else:
-                    self._complete(conn, msg)
+                if reader.unread() > BULK:
+                    self._to_bulk(conn)  # a large frame: its own thread reads it
+                    return
+                self._handle(conn, reader.recv())  # blocks only for the rest of a frame on its way
                 if reader.start == reader.end:
                     return
         except (EOFError, OSError):
@@ -451,6 +457,53 @@ class Pool:
             logger.exception("pool {!r}: bad frame from worker {}", self.name, conn.pid)
             _kill_conn(conn)
         self._lost(conn)
+
+    def _handle(self, conn: WorkerConn, msg) -> None:
+        if msg[0] == "event":
+            telemetry.emit(msg[1], msg[2], {**msg[3], "pool": self.name, "worker": conn.pid})
+        else:
+            self._complete(conn, msg)
+
+    def _to_bulk(self, conn: WorkerConn) -> None:
+        """Stop polling ``conn`` and let its bulk thread read the next frame."""
+        with self.lock:
+            if self._conns.get(conn.sock.fileno()) is conn:
+                del self._conns[conn.sock.fileno()]
+                self._conns_gen += 1
+            if conn.bulk is None:
+                conn.bulk = queue.SimpleQueue()
+                threading.Thread(
+                    target=self._bulk_loop, args=(conn,), name=f"slither-{self.name}-w{conn.index}-bulk", daemon=True
+                ).start()
+        conn.bulk.put(True)
+
+    def _bulk_loop(self, conn: WorkerConn) -> None:
+        """Read ``conn``'s frames while they are large (as a reader thread of its own would:
+        receiving overlaps the other thread's sends), and give the socket back to the shared
+        poll after the first small one."""
+        reader = conn.reader
+        while conn.bulk.get():
+            try:
+                while True:
+                    big = reader.unread() > BULK  # blocks until the next frame's header arrives
+                    self._handle(conn, reader.recv())
+                    if not big:
+                        break
+                    self._wake()  # a thread reading in wait() sees what we put on its queue
+            except (EOFError, OSError):
+                self._lost(conn)
+                return
+            except Exception:  # noqa: BLE001
+                logger.exception("pool {!r}: bad frame from worker {}", self.name, conn.pid)
+                _kill_conn(conn)
+                self._lost(conn)
+                return
+            with self.lock:
+                if not conn.alive:
+                    return
+                self._conns[conn.sock.fileno()] = conn
+                self._conns_gen += 1
+            self._wake()  # the reader polls this socket again (and sees the queue we may have put on)
 
     def _backup_loop(self) -> None:
         """Read the sockets when no waiting thread has for a while; end after close()."""
@@ -512,6 +565,8 @@ class Pool:
             if self._conns.get(conn.sock.fileno()) is conn:
                 del self._conns[conn.sock.fileno()]
                 self._conns_gen += 1
+            if conn.bulk is not None:
+                conn.bulk.put(False)  # its thread ends (a no-op when it is the one calling)
             conn.sendq.clear()  # every queued frame is also in inflight: re-queued below
             if self.workers.get(conn.index) is conn:
                 del self.workers[conn.index]

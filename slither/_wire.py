@@ -112,6 +112,17 @@ class Reader:
                 have += k
         return out
 
+    def unread(self) -> int:
+        """Bytes of the next frame still to come from the socket (reads its header first)."""
+        self._fill(_HEAD.size)
+        mlen, nbufs = _HEAD.unpack_from(self.buf, self.start)
+        head = _HEAD.size + nbufs * _LEN.size
+        total = head + mlen
+        if nbufs:
+            self._fill(head)
+            total += sum(_LEN.unpack_from(self.buf, self.start + _HEAD.size + _LEN.size * i)[0] for i in range(nbufs))
+        return max(0, total - (self.end - self.start))
+
     def recv(self):
         """Receive one frame and unpickle it. Raises EOFError when the peer closed."""
         self._fill(_HEAD.size)

@@ -400,3 +400,27 @@ def test_the_pools_reader_thread_and_wake_pipe_end_with_the_runtime():
     pool._backup.join(10)
     assert not pool._backup.is_alive()
     assert all(link(fd) != was for fd, was in pipes.items()), "the pool's wake pipe was left open"
+
+
+def _sized(xs):
+    """A 300 KB result for even payloads, a small one for odd: both ways of reading a frame."""
+    return [bytes([x % 256]) * 300_000 if x % 2 == 0 else x for x in xs]
+
+
+def test_large_and_small_results_interleave_on_one_connection(rt):
+    """Large frames are read by a thread of their connection, small ones by the waiting
+    thread; a connection goes back and forth between them without losing or reordering."""
+    out = rt.dispatch(range(60), _sized, batch_size=1, max_in_flight=6)
+    assert [i.payload for i in out] == _sized(range(60))
+
+
+def test_a_worker_dying_between_large_results_is_retried(rt, tmp_path):
+    from slither.testing import once_per
+
+    def fn(xs):
+        return _sized(xs)
+
+    flaky = once_per(str(tmp_path), crash_when, fn, lambda x: x in (9, 20))
+    out = rt.dispatch(range(40), flaky, batch_size=1, max_in_flight=6, on_error=Retry(3, backoff=0))
+    assert [i.payload for i in out] == _sized(range(40))
+    assert any(i.meta["attempts"] == 2 for i in out)
