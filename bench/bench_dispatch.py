@@ -57,11 +57,25 @@ def run_slither(rt, items, fn, batch, window=8):
     return len(rt.dispatch(items, fn, batch_size=batch, max_in_flight=window))
 
 
+def interleaved(fns, repeats):
+    """Median time of each of ``fns``, run in turn ``repeats`` times (drift hits all alike)."""
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for t, fn in zip(times, fns):
+            t.append(median_time(fn, 1))
+    return [statistics.median(t) for t in times]
+
+
 def compare(label, rt, pool, ex, items, batch, fn, repeats=5, window=8):
     batches = [items[i : i + batch] for i in range(0, len(items), batch)]
-    t_pool = median_time(lambda: run_pool(pool, batches, fn), repeats)
-    t_ppe = median_time(lambda: run_ppe(ex, batches, fn), repeats)
-    t_sl = median_time(lambda: run_slither(rt, items, fn, batch, window), repeats)
+    t_pool, t_ppe, t_sl = interleaved(
+        [
+            lambda: run_pool(pool, batches, fn),
+            lambda: run_ppe(ex, batches, fn),
+            lambda: run_slither(rt, items, fn, batch, window),
+        ],
+        repeats,
+    )
     n = len(batches)
     print(
         f"{label}: {n} batches of {batch}; batches/s  Pool.imap {n / t_pool:,.0f}  ProcessPoolExecutor {n / t_ppe:,.0f}"
@@ -162,6 +176,18 @@ def main():
         print(
             f"tiny work ceiling: building the result Items alone (no processes) runs at {floor:,.0f} batches/s "
             f"= {floor / pool_rate:.2f}× Pool.imap ({pool_rate:,.0f} batches/s)",
+            flush=True,
+        )
+        import gc
+
+        batches = chunks(len(tiny_items), 64)
+        gc.disable()  # for reference only: what the result Items' garbage collection costs
+        try:
+            t_pool, t_sl = interleaved([lambda: run_pool(pool, batches, tiny), lambda: run_slither(rt, tiny_items, tiny, 64)], 5)
+        finally:
+            gc.enable()
+        print(
+            f"tiny work with the garbage collector paused (reference, not a target): slither/Pool {t_pool / t_sl:.2f}×",
             flush=True,
         )
         r_busy = compare("2 ms batches", rt, pool, ex, list(range(64 * (100 if quick else 400))), 64, busy_2ms, repeats=3)
