@@ -343,9 +343,17 @@ class Pool:
         """The next message put on ``q``, waiting at most ``timeout`` seconds
         (``queue.Empty`` after that). While it waits, the calling thread reads
         the pool's worker sockets unless another thread does already."""
+        if self._rx_owner == threading.get_ident():
+            raise RuntimeError(
+                f"waiting for results of pool {self.name!r} in the thread that reads its sockets "
+                "(a telemetry handler of a worker event dispatching on the same pool?): it would wait on itself"
+            )
         if self._wake_closed:  # every connection is gone: nothing more comes from the sockets
-            msg = q.get(timeout=timeout)
-            return self.wait(q, 0) if msg is _TAKE_OVER else msg
+            deadline = time.monotonic() + timeout
+            while True:
+                msg = q.get(timeout=max(0.0, deadline - time.monotonic()))
+                if msg is not _TAKE_OVER:
+                    return msg
         while True:
             if not q.empty():
                 msg = q.get()

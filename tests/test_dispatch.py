@@ -424,3 +424,27 @@ def test_a_worker_dying_between_large_results_is_retried(rt, tmp_path):
     out = rt.dispatch(range(40), flaky, batch_size=1, max_in_flight=6, on_error=Retry(3, backoff=0))
     assert [i.payload for i in out] == _sized(range(40))
     assert any(i.meta["attempts"] == 2 for i in out)
+
+
+def test_a_telemetry_handler_dispatching_on_its_own_pool_gets_a_clear_error(rt):
+    """A crash event runs its handlers in the thread reading the pool's sockets: a
+    dispatch there would wait on itself, so it raises at once instead of hanging."""
+    from slither import telemetry
+
+    got = []
+
+    def on_crash(event, measurements, metadata):
+        try:
+            rt.dispatch([1], lambda xs: xs)
+            got.append("no error")
+        except RuntimeError as exc:
+            got.append(str(exc))
+
+    telemetry.attach("test-reentrant", [("slither", "worker", "crash")], on_crash)
+    try:
+        out = rt.dispatch(range(4), crash_when(lambda xs: xs, lambda x: x == 2), batch_size=1, on_error="skip")
+    finally:
+        telemetry.detach("test-reentrant")
+    assert [bool(i.meta.get("skipped")) for i in out] == [False, False, True, False]
+    assert len(got) == 1 and "would wait on itself" in got[0]
+    assert rt.pool().wait_ready(20)
