@@ -348,12 +348,6 @@ class Pool:
                 f"waiting for results of pool {self.name!r} in the thread that reads its sockets "
                 "(a telemetry handler of a worker event dispatching on the same pool?): it would wait on itself"
             )
-        if self._wake_closed:  # every connection is gone: nothing more comes from the sockets
-            deadline = time.monotonic() + timeout
-            while True:
-                msg = q.get(timeout=max(0.0, deadline - time.monotonic()))
-                if msg is not _TAKE_OVER:
-                    return msg
         while True:
             if not q.empty():
                 msg = q.get()
@@ -368,6 +362,11 @@ class Pool:
                 self._rx_taken += 1
                 try:
                     while True:
+                        if self._wake_closed:  # the pool is gone (see _backup_loop): only our queue is left
+                            msg = q.get(timeout=max(0.0, deadline - time.monotonic()))
+                            if msg is not _TAKE_OVER:
+                                return msg
+                            continue
                         self._read(max(0.0, deadline - time.monotonic()))
                         while not q.empty():
                             msg = q.get()
@@ -424,8 +423,6 @@ class Pool:
         """Wait up to ``timeout`` for frames, and handle every frame that arrived. Holds _rx."""
         if self._poller_gen != self._conns_gen:
             with self.lock:
-                if self._wake_closed:
-                    return
                 poller = select.poll()
                 poller.register(self._wake_r, select.POLLIN)
                 for fd in self._conns:
@@ -520,7 +517,6 @@ class Pool:
         while True:
             with self.lock:
                 if self.closed and not self.workers:
-                    self._wake_closed = True
                     break
             taken = self._rx_taken
             quiet.wait(0.01)
@@ -539,11 +535,16 @@ class Pool:
                 self._rx_owner = 0
                 self._rx.release()
                 self._pass_on()
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        # Close the wake pipe holding the reading right, so that no thread is in poll() on it
+        # (its numbers may be reused at once), and under the lock that _wake() takes.
+        with self._rx, self.lock:
+            self._wake_closed = True
+            for fd in (self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._pass_on()  # a thread waiting for the reading right sees _wake_closed
 
     def _complete(self, conn: WorkerConn, msg) -> None:
         with self.lock:

@@ -118,6 +118,8 @@ class Reader:
         mlen, nbufs = _HEAD.unpack_from(self.buf, self.start)
         head = _HEAD.size + nbufs * _LEN.size
         total = head + mlen
+        if head > len(self.buf):
+            return head  # lengths alone overflow the buffer: a large frame, whatever its size
         if nbufs:
             self._fill(head)
             total += sum(_LEN.unpack_from(self.buf, self.start + _HEAD.size + _LEN.size * i)[0] for i in range(nbufs))

@@ -49,7 +49,11 @@ def test_reader_gets_every_frame_whole_and_in_order(objs, buf, split):
         t = threading.Thread(target=feed)
         t.start()
         reader = _wire.Reader(b, size=buf)
-        got = [reader.recv() for _ in objs]
+        got = []
+        for o in objs:
+            size = sum(len(c) if isinstance(c, bytes) else c.nbytes for c in _wire.dumps(o))
+            assert 0 <= reader.unread() <= size  # peeking at the header consumes nothing
+            got.append(reader.recv())
         t.join()
         assert all(_same(x, y) for x, y in zip(objs, got))
     finally:
@@ -75,5 +79,17 @@ def test_out_of_band_results_own_their_memory():
     reader = _wire.Reader(b, size=1024)
     got = [reader.recv() for _ in arrays]  # later reads must not overwrite earlier arrays
     assert [int(g[0]) for g in got] == [0, 1, 2] and all(np.array_equal(x, y) for x, y in zip(arrays, got))
+    a.close()
+    b.close()
+
+
+def test_a_frame_whose_buffer_lengths_overflow_the_reader_buffer():
+    """40 out-of-band buffers: their lengths alone (320 bytes) exceed a 64-byte reader buffer."""
+    a, b = socket.socketpair()
+    obj = [pickle.PickleBuffer(bytearray([i])) for i in range(40)]
+    _wire.send(a, obj)
+    reader = _wire.Reader(b, size=64)
+    assert reader.unread() > 64
+    assert [bytes(x) for x in reader.recv()] == [bytes([i]) for i in range(40)]
     a.close()
     b.close()
