@@ -124,7 +124,7 @@ def _private_dir() -> str:
     return d
 
 
-_SHUTDOWN_STALL = 0.5  # seconds without any runtime process exiting while Thespian's shutdown waits
+_SHUTDOWN_STALL = 0.5  # at least this long without any runtime process exiting while Thespian's shutdown waits
 
 
 def pids_in_group(pgid: int) -> list[int]:
@@ -436,10 +436,12 @@ class Runtime:
         """Stop pipes, pools, stores and the actor system; wait for every process.
 
         Idempotent. Processes still alive ``timeout`` seconds after Thespian's
-        own shutdown are SIGKILLed by process group (the actor system's own
-        group, never the caller's). After many worker restarts Thespian's
-        shutdown was seen to leave its admin and our supervisors idle and
-        alive: the backstop is part of normal operation, logged at INFO.
+        own shutdown, or when none of them has exited for a quarter of
+        ``timeout`` (at least 0.5 s) while it waits, are SIGKILLed by process
+        group (the actor system's own group, never the caller's). After many
+        worker restarts Thespian's shutdown was seen to leave its admin and
+        our supervisors idle and alive: the backstop is part of normal
+        operation, logged at INFO.
         """
         with self._lock:
             if self._state in ("new", "stopped"):
@@ -471,6 +473,7 @@ class Runtime:
             stopper.start()
             own_group = self._pgid is not None and self._pgid != os.getpgid(0)
             seen, since = None, time.monotonic()
+            stall = max(_SHUTDOWN_STALL, timeout / 4)
             while stopper.is_alive() and time.monotonic() < deadline:
                 stopper.join(0.01)
                 if not (own_group and stopper.is_alive()):
@@ -484,7 +487,7 @@ class Runtime:
                 # and none ever exits: when none has exited for a while, go to the backstop now.
                 if alive != seen:
                     seen, since = alive, time.monotonic()
-                elif time.monotonic() - since > _SHUTDOWN_STALL:
+                elif time.monotonic() - since > stall:
                     stalled = True
                     break
         for pool in self._pools.values():
@@ -501,7 +504,7 @@ class Runtime:
                 logger.info(
                     "runtime processes {} still alive after shutdown ({}); killing their process group",
                     left,
-                    f"none exited for {_SHUTDOWN_STALL}s" if stalled else f"{timeout}s",
+                    f"none exited for {max(_SHUTDOWN_STALL, timeout / 4)}s" if stalled else f"{timeout}s",
                 )
                 try:
                     os.killpg(self._pgid, signal.SIGKILL)
