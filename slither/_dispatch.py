@@ -295,18 +295,6 @@ class _Batch:
         return len(self.payloads) if self._items is None else len(self._items)
 
 
-_PLAIN_TYPES: set = set()  # payload types seen that are not Item subclasses
-
-
-def _plain(types: set) -> bool:
-    """True when none of ``types`` is an Item type (and remember them)."""
-    if any(issubclass(t, Item) for t in types):
-        return False
-    if len(_PLAIN_TYPES) < 512:
-        _PLAIN_TYPES.update(types)
-    return True
-
-
 class _RawChunk:
     """What ``_fixed_batches`` yields for a chunk of payloads (no Items yet)."""
 
@@ -413,8 +401,7 @@ class _Dispatch:
             if not chunk:
                 return
             ids = _next_ids(len(chunk))
-            types = set(map(type, chunk))  # C-speed scan: usually one type, already known not to be an Item
-            if types <= _PLAIN_TYPES or _plain(types):
+            if not any(issubclass(t, Item) for t in set(map(type, chunk))):  # C-speed scan: usually one type
                 yield _RawChunk(ids, chunk)
                 continue
             ids = iter(ids)

@@ -317,8 +317,7 @@ class Pool:
                 # A replacement arrived before the old socket's EOF: the old one is dead.
                 _kill_conn(old)
             self.workers[conn.index] = conn
-            self._conns[conn.sock.fileno()] = conn
-            self._conns_gen += 1
+            self._polled(conn, True)
             if restarted:
                 self.restarts += 1
             touched = self._pump()
@@ -348,13 +347,10 @@ class Pool:
                 f"waiting for results of pool {self.name!r} in the thread that reads its sockets "
                 "(a telemetry handler of a worker event dispatching on the same pool?): it would wait on itself"
             )
-        while True:
-            if not q.empty():
-                msg = q.get()
-                if msg is not _TAKE_OVER:
-                    return msg
-                continue
-            break
+        while not q.empty():
+            msg = q.get()
+            if msg is not _TAKE_OVER:
+                return msg
         deadline = time.monotonic() + timeout
         while True:
             if self._rx.acquire(blocking=False):
@@ -429,11 +425,7 @@ class Pool:
                     poller.register(fd, select.POLLIN)
                 conns = dict(self._conns)
                 self._poller, self._poller_gen, self._poller_conns = poller, self._conns_gen, conns
-        try:
-            events = self._poller.poll(int(timeout * 1000 + 0.999))
-        except InterruptedError:  # pragma: no cover - PEP 475 retries; a raising handler propagates
-            return
-        for fd, _ev in events:
+        for fd, _ev in self._poller.poll(int(timeout * 1000 + 0.999)):
             if fd == self._wake_r:
                 try:
                     while os.read(self._wake_r, 4096):
@@ -444,6 +436,17 @@ class Pool:
             conn = self._poller_conns.get(fd)
             if conn is not None and conn.alive:
                 self._drain(conn)
+
+    def _polled(self, conn: WorkerConn, on: bool) -> None:
+        """Add ``conn`` to the sockets the reader polls, or take it out. Holds self.lock."""
+        fd = conn.sock.fileno()
+        if on:
+            self._conns[fd] = conn
+        elif self._conns.get(fd) is conn:
+            del self._conns[fd]
+        else:
+            return
+        self._conns_gen += 1
 
     def _drain(self, conn: WorkerConn) -> None:
         """Handle the frames of ``conn`` that arrived (poll said it is readable)."""
@@ -456,10 +459,14 @@ class Pool:
                 self._handle(conn, reader.recv())  # blocks only for the rest of a frame on its way
                 if reader.start == reader.end:
                     return
-        except (EOFError, OSError):
-            pass
-        except Exception:  # noqa: BLE001 - e.g. a result that fails to unpickle here
-            logger.exception("pool {!r}: bad frame from worker {}", self.name, conn.pid)
+        except Exception as exc:  # noqa: BLE001
+            self._read_failed(conn, exc)
+
+    def _read_failed(self, conn: WorkerConn, exc: Exception) -> None:
+        """EOF or a socket error: the worker is gone. Anything else (e.g. a result that
+        fails to unpickle here): logged, and the worker is ended."""
+        if not isinstance(exc, (EOFError, OSError)):
+            logger.opt(exception=exc).error("pool {!r}: bad frame from worker {}", self.name, conn.pid)
             _kill_conn(conn)
         self._lost(conn)
 
@@ -472,9 +479,7 @@ class Pool:
     def _to_bulk(self, conn: WorkerConn) -> None:
         """Stop polling ``conn`` and let its bulk thread read the next frame."""
         with self.lock:
-            if self._conns.get(conn.sock.fileno()) is conn:
-                del self._conns[conn.sock.fileno()]
-                self._conns_gen += 1
+            self._polled(conn, False)
             if conn.bulk is None:
                 conn.bulk = queue.SimpleQueue()
                 threading.Thread(
@@ -495,31 +500,24 @@ class Pool:
                     if not big:
                         break
                     self._wake()  # a thread reading in wait() sees what we put on its queue
-            except (EOFError, OSError):
-                self._lost(conn)
-                return
-            except Exception:  # noqa: BLE001
-                logger.exception("pool {!r}: bad frame from worker {}", self.name, conn.pid)
-                _kill_conn(conn)
-                self._lost(conn)
+            except Exception as exc:  # noqa: BLE001
+                self._read_failed(conn, exc)
                 return
             with self.lock:
                 if not conn.alive:
                     return
-                self._conns[conn.sock.fileno()] = conn
-                self._conns_gen += 1
+                self._polled(conn, True)
             self._wake()  # the reader polls this socket again (and sees the queue we may have put on)
 
     def _backup_loop(self) -> None:
         """Read the sockets when no waiting thread has for a while; end after close()."""
         self._backup_ident = threading.get_ident()
-        quiet = threading.Event()  # never set: a wait with a timeout that close() does not need to cut short
         while True:
             with self.lock:
                 if self.closed and not self.workers:
                     break
             taken = self._rx_taken
-            quiet.wait(0.01)
+            time.sleep(0.01)  # no event marks "nobody took the reading right for a while": look again
             if self._rx_taken != taken or not self._rx.acquire(blocking=False):
                 continue
             self._rx_wanted = False
@@ -571,9 +569,7 @@ class Pool:
     def _lost(self, conn: WorkerConn) -> None:
         with self.lock:
             conn.alive = False
-            if self._conns.get(conn.sock.fileno()) is conn:
-                del self._conns[conn.sock.fileno()]
-                self._conns_gen += 1
+            self._polled(conn, False)
             if conn.bulk is not None:
                 conn.bulk.put(False)  # its thread ends (a no-op when it is the one calling)
             conn.sendq.clear()  # every queued frame is also in inflight: re-queued below

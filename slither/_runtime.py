@@ -457,6 +457,7 @@ class Runtime:
                 pool.close()
             asys, self._asys = self._asys, None
         deadline = time.monotonic() + timeout
+        stall = max(_SHUTDOWN_STALL, timeout / 4)
         stalled = False
         if asys is not None:
             # ActorSystem.shutdown() waits up to 10 s for the admin's "shutdown completed",
@@ -473,7 +474,6 @@ class Runtime:
             stopper.start()
             own_group = self._pgid is not None and self._pgid != os.getpgid(0)
             seen, since = None, time.monotonic()
-            stall = max(_SHUTDOWN_STALL, timeout / 4)
             while stopper.is_alive() and time.monotonic() < deadline:
                 stopper.join(0.01)
                 if not (own_group and stopper.is_alive()):
@@ -504,7 +504,7 @@ class Runtime:
                 logger.info(
                     "runtime processes {} still alive after shutdown ({}); killing their process group",
                     left,
-                    f"none exited for {max(_SHUTDOWN_STALL, timeout / 4)}s" if stalled else f"{timeout}s",
+                    f"none exited for {stall}s" if stalled else f"{timeout}s",
                 )
                 try:
                     os.killpg(self._pgid, signal.SIGKILL)
