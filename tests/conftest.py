@@ -1,4 +1,5 @@
 import os
+import secrets
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -18,23 +19,38 @@ def rt():
         yield runtime
 
 
+# Which processes this test session started: a forked descendant shares this process's
+# environment block (/proc/<pid>/environ, fixed at exec), an exec'd one inherits the marker.
+# Another test run on the same machine (a CI clone, say) is neither, and is not counted.
+_MARKER = f"SLITHER_TEST_SESSION={os.getpid()}-{secrets.token_hex(4)}"
+os.environ["SLITHER_TEST_SESSION"] = _MARKER.partition("=")[2]
+
+
+def _environ(pid) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _started_here(pid, own_env: bytes | None) -> bool:
+    env = _environ(pid)
+    if env is None:
+        return False
+    return env == own_env or _MARKER.encode() + b"\0" in env
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_leaked_processes():
     before = {int(p) for p in os.listdir("/proc") if p.isdigit()}
+    own_env = _environ("self")
     yield
     from slither._runtime import _live
 
     assert not list(_live), "a runtime was left running at the end of the session"
     after = {int(p) for p in os.listdir("/proc") if p.isdigit()} - before
-    mine = []
-    for pid in after:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if pid_alive(pid) and b"python" in cmd and pid != os.getpid():
-            mine.append(pid)
+    mine = [pid for pid in after if pid != os.getpid() and pid_alive(pid) and _started_here(pid, own_env)]
     assert not wait_pids_gone(mine, timeout=5), f"processes left behind: {mine}"
 
 
