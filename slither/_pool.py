@@ -158,6 +158,9 @@ class Pool:
         self.crashes = 0
         self.restarts = 0
         self._rr = 0
+        self._workers_gen = 0  # bumped whenever self.workers changes
+        self._rot_gen = -1
+        self._rotations: list[list[WorkerConn]] = []
         self._timer_next = 0.0
         # Receiving (see wait()): whoever holds _rx reads every worker socket of the pool.
         self._rx = threading.Lock()
@@ -219,10 +222,12 @@ class Pool:
         touched: list[WorkerConn] = []
         if not self.workers:
             return touched
-        conns = list(self.workers.values())
-        if len(conns) > 1:
-            self._rr = (self._rr + 1) % len(conns)
-            conns = conns[self._rr :] + conns[: self._rr]  # ties go round the workers
+        if self._rot_gen != self._workers_gen:  # the workers changed: their rotations, computed once
+            vals = list(self.workers.values())
+            self._rotations = [vals[i:] + vals[:i] for i in range(len(vals))]
+            self._rot_gen = self._workers_gen
+        self._rr = (self._rr + 1) % len(self._rotations)
+        conns = self._rotations[self._rr]  # ties go round the workers
         depth = self.depth
         progress = True
         while progress:
@@ -277,12 +282,22 @@ class Pool:
                 if not conn.send_lock.acquire(blocking=False):
                     break  # the current sender will see our frames
                 try:
+                    small: list = []  # small frames queued together go out in one sendall
                     while conn.sendq:
                         task = conn.sendq.popleft()
                         if task.fn_blob is not None and task.fn_key not in conn.fn_keys:
-                            _wire.send(conn.sock, ("fn", task.fn_key, task.fn_blob))
+                            small += _wire.dumps(("fn", task.fn_key, task.fn_blob))
                             conn.fn_keys.add(task.fn_key)
-                        _wire.send_chunks(conn.sock, task.chunks)
+                        chunks = task.chunks
+                        if len(chunks) == 1 and len(chunks[0]) <= _wire._SMALL:
+                            small.append(chunks[0])
+                            continue
+                        if small:
+                            _wire.send_chunks(conn.sock, small)
+                            small = []
+                        _wire.send_chunks(conn.sock, chunks)
+                    if small:
+                        conn.sock.sendall(small[0] if len(small) == 1 else b"".join(small))
                 except OSError:
                     conn.sendq.clear()  # the reader sees the EOF and fails what was in flight
                 finally:
@@ -317,6 +332,7 @@ class Pool:
                 # A replacement arrived before the old socket's EOF: the old one is dead.
                 _kill_conn(old)
             self.workers[conn.index] = conn
+            self._workers_gen += 1
             self._polled(conn, True)
             if restarted:
                 self.restarts += 1
@@ -425,6 +441,7 @@ class Pool:
                     poller.register(fd, select.POLLIN)
                 conns = dict(self._conns)
                 self._poller, self._poller_gen, self._poller_conns = poller, self._conns_gen, conns
+        touched: list[WorkerConn] = []  # connections given new tasks while results were handled
         for fd, _ev in self._poller.poll(int(timeout * 1000 + 0.999)):
             if fd == self._wake_r:
                 try:
@@ -435,7 +452,9 @@ class Pool:
                 continue
             conn = self._poller_conns.get(fd)
             if conn is not None and conn.alive:
-                self._drain(conn)
+                self._drain(conn, touched)
+        if touched:
+            self._flush(touched)  # after every result that arrived: one sendall per worker
 
     def _polled(self, conn: WorkerConn, on: bool) -> None:
         """Add ``conn`` to the sockets the reader polls, or take it out. Holds self.lock."""
@@ -448,15 +467,16 @@ class Pool:
             return
         self._conns_gen += 1
 
-    def _drain(self, conn: WorkerConn) -> None:
-        """Handle the frames of ``conn`` that arrived (poll said it is readable)."""
+    def _drain(self, conn: WorkerConn, touched: list) -> None:
+        """Handle the frames of ``conn`` that arrived (poll said it is readable); the
+        connections that got new tasks meanwhile go on ``touched``, for the caller to flush."""
         reader = conn.reader
         try:
             while True:
                 if reader.unread() > BULK:
                     self._to_bulk(conn)  # a large frame: its own thread reads it
                     return
-                self._handle(conn, reader.recv())  # blocks only for the rest of a frame on its way
+                self._handle(conn, reader.recv(), touched)  # blocks only for the rest of a frame on its way
                 if reader.start == reader.end:
                     return
         except Exception as exc:  # noqa: BLE001
@@ -470,11 +490,11 @@ class Pool:
             _kill_conn(conn)
         self._lost(conn)
 
-    def _handle(self, conn: WorkerConn, msg) -> None:
+    def _handle(self, conn: WorkerConn, msg, touched: list | None = None) -> None:
         if msg[0] == "event":
             telemetry.emit(msg[1], msg[2], {**msg[3], "pool": self.name, "worker": conn.pid})
         else:
-            self._complete(conn, msg)
+            self._complete(conn, msg, touched)
 
     def _to_bulk(self, conn: WorkerConn) -> None:
         """Stop polling ``conn`` and let its bulk thread read the next frame."""
@@ -544,7 +564,9 @@ class Pool:
                     pass
         self._pass_on()  # a thread waiting for the reading right sees _wake_closed
 
-    def _complete(self, conn: WorkerConn, msg) -> None:
+    def _complete(self, conn: WorkerConn, msg, touched: list | None = None) -> None:
+        """A reply to ``conn``'s head task: pump the queue, then run the task's callback.
+        With ``touched``, the connections given tasks are added to it instead of flushed."""
         with self.lock:
             task = conn.inflight.popleft()
             if task.ref != msg[1]:  # pragma: no cover - protocol invariant
@@ -552,8 +574,11 @@ class Pool:
             if conn.inflight and conn.inflight[0].timeout:
                 conn.inflight[0].deadline = time.monotonic() + conn.inflight[0].timeout
                 self._wake_timer(conn.inflight[0].deadline)
-            touched = self._pump()
-        self._flush(touched)
+            pumped = self._pump()
+        if touched is None:
+            self._flush(pumped)
+        else:
+            touched += [c for c in pumped if c not in touched]
         kind = msg[0]
         if kind == "ok":
             result, error = msg[2], None
@@ -575,6 +600,7 @@ class Pool:
             conn.sendq.clear()  # every queued frame is also in inflight: re-queued below
             if self.workers.get(conn.index) is conn:
                 del self.workers[conn.index]
+                self._workers_gen += 1
             head = conn.inflight.popleft() if conn.inflight else None
             # Never started: back to the front of the queue, in order.
             rest = [t for t in list(conn.inflight) + list(conn.private) if t.pinned is None]

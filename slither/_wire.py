@@ -26,15 +26,25 @@ _SMALL = 256 * 1024
 
 
 def dumps(obj) -> list:
-    """Serialise ``obj`` into the list of byte chunks of one frame."""
+    """Serialise ``obj`` into the list of byte chunks of one frame.
+
+    A small frame without out-of-band buffers (most batches and results) is
+    one chunk, ready for a single ``sendall``.
+    """
     bufs: list = []
     main = pickle.dumps(obj, protocol=5, buffer_callback=bufs.append)
+    if not bufs:
+        head = _HEAD.pack(len(main), 0)
+        return [head + main] if len(main) <= _SMALL else [head, main]
     raws = [b.raw() for b in bufs]
     head = _HEAD.pack(len(main), len(raws)) + b"".join(_LEN.pack(r.nbytes) for r in raws)
     return [head, main, *raws]
 
 
 def send_chunks(sock: socket.socket, chunks: list) -> None:
+    if len(chunks) == 1:
+        sock.sendall(chunks[0])
+        return
     total = sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)
     if total <= _SMALL:
         sock.sendall(b"".join(chunks))

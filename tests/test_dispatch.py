@@ -414,6 +414,16 @@ def test_large_and_small_results_interleave_on_one_connection(rt):
     assert [i.payload for i in out] == _sized(range(60))
 
 
+def test_large_and_small_batches_go_out_in_order(rt):
+    """Small frames queued for one worker leave in one sendall (with the function's own
+    frame, the first time), a large one on its own: none lost, none reordered."""
+    payloads = [bytes([x]) * 300_000 if x % 3 == 0 else x for x in range(45)]
+    out = rt.dispatch(
+        payloads, lambda xs: [(len(x), x[0]) if isinstance(x, bytes) else -x for x in xs], batch_size=1, max_in_flight=6
+    )
+    assert [i.payload for i in out] == [(300_000, x) if x % 3 == 0 else -x for x in range(45)]
+
+
 def test_a_worker_dying_between_large_results_is_retried(rt, tmp_path):
     from slither.testing import once_per
 
