@@ -377,7 +377,6 @@ class _Dispatch:
         self.total = total
         self.in_flight = 0
         self.allow_idle = False  # pipe stages set it: their strategy may yield None for "no input yet"
-        self.yield_batches = False  # pipe stages set it: iterate lists (one per batch) instead of items
 
     # ---------------------------------------------------------------
     def _wrapped(self):
@@ -527,12 +526,8 @@ class _Dispatch:
             return out
         raise DispatchError(exc, batch_ref=b.seq, partial_results=None) from exc
 
-    def _hand_over(self, out: list[Item], bar):
-        if bar:
-            bar.update(len(out))
-        return (out,) if self.yield_batches else out
-
-    def __iter__(self) -> Iterator[Item]:
+    def __iter__(self) -> Iterator[list[Item]]:
+        """Yield each batch's result Items (a list per batch), as the ordering allows."""
         q: queue.SimpleQueue = queue.SimpleQueue()
         if type(self.strategy) is FixedBatch:
             batches = self._fixed_batches(self.strategy.size)
@@ -554,7 +549,9 @@ class _Dispatch:
                         out = ready.pop(next_out)
                         next_out += 1
                         window -= 1
-                        yield from self._hand_over(out, bar)
+                        if bar:
+                            bar.update(len(out))
+                        yield out
                 idle = False
                 while not exhausted and window < self.max_in_flight:
                     self.in_flight = window - len(ready)
@@ -614,7 +611,9 @@ class _Dispatch:
                     ready[b.seq] = out
                 else:
                     window -= 1
-                    yield from self._hand_over(out, bar)
+                    if bar:
+                        bar.update(len(out))
+                    yield out
         except (KeyboardInterrupt, SystemExit):
             interrupted = True
             raise
@@ -662,7 +661,6 @@ def dispatch(items: Iterable, fn=None, **opts) -> list[Item]:
     Runs in the calling thread; batches run in worker processes.
     """
     run = _Dispatch(items, fn, **opts)
-    run.yield_batches = True  # whole batches: no per-item generator step
     got: list[Item] = []
     try:
         for batch in run:
@@ -673,14 +671,49 @@ def dispatch(items: Iterable, fn=None, **opts) -> list[Item]:
     return got
 
 
+class _Stream:
+    """What :func:`dispatch_stream` returns: an iterator of Items, and ``close()``.
+
+    Iterating it runs through each batch's Items at C speed (a ``chain`` over
+    the batches), where a generator would resume once per item. ``close()``
+    stops at once, as closing a generator would: the dispatch ends (batches
+    not started are dropped) and no further item is handed out, even to a
+    loop already inside a batch.
+    """
+
+    __slots__ = ("_batches", "_items", "_current")
+
+    def __init__(self, run: _Dispatch):
+        self._batches = iter(run)
+        self._current: list = [[]]  # the batch being handed out (a holder: no cycle through self)
+        self._items = itertools.chain.from_iterable(_noting(self._batches, self._current))
+
+    def __iter__(self) -> Iterator[Item]:
+        return self._items  # next() on either takes from the same sequence
+
+    def __next__(self) -> Item:
+        return next(self._items)
+
+    def close(self) -> None:
+        """Stop the dispatch; nothing more is handed out."""
+        self._batches.close()
+        self._current[0].clear()  # the chain's iterator over this batch ends here
+
+
+def _noting(batches, holder: list):
+    for out in batches:
+        holder[0] = out
+        yield out
+
+
 def dispatch_stream(items: Iterable, fn=None, **opts) -> Iterator[Item]:
     """Like :func:`dispatch`, but yields items as they are ready.
 
     Input is consumed lazily: at most ``max_in_flight`` batches are read
     ahead of what the caller has taken. Options are validated now, before
-    the first ``next()``.
+    the first ``next()``. ``close()`` on the returned iterator stops early.
     """
-    return iter(_Dispatch(items, fn, **opts))
+    return _Stream(_Dispatch(items, fn, **opts))
 
 
 def call_batch(batch: Iterable, fn=None, **opts) -> list[Item]:

@@ -430,7 +430,6 @@ class _Run:
             **opts,
         )
         run.allow_idle = True
-        run.yield_batches = True
         batcher.run = run
         s = self.stats[st.name]
         t_last = time.monotonic()

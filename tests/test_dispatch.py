@@ -1,5 +1,6 @@
 """Dispatch against a real multi-process runtime: results, faults, backpressure."""
 
+import collections.abc
 import itertools
 import os
 import signal
@@ -169,6 +170,45 @@ def test_lazy_consumption_of_endless_input(rt):
     # 25 handed over = 3 batches started; the window allows at most 3 more batches ahead.
     assert next(taken) <= 10 * (3 + 3) + 1
     stream.close()
+
+
+def test_closing_a_stream_stops_it_at_once(rt):
+    """close() inside a batch hands out nothing more and reads no more input; a stream
+    dropped unfinished releases its queued batches at once (no cycle waits for the collector)."""
+    pulled = []
+
+    def source():
+        for n in range(10_000):
+            pulled.append(n)
+            yield n
+
+    pool = rt.pool("default")
+    stream = rt.dispatch_stream(source(), lambda xs: xs, batch_size=10, max_in_flight=8)
+    assert isinstance(stream, collections.abc.Iterator)
+    got = []
+    for item in stream:
+        got.append(item.payload)
+        if len(got) == 15:
+            stream.close()  # in the middle of the second batch
+    assert got == list(range(15))
+    taken = len(pulled)
+    assert next(stream, None) is None and len(pulled) == taken <= 10 * (2 + 8)
+    assert not pool.pending
+
+    with Rendezvous() as rv:
+
+        def held(xs, rv=rv):
+            if xs[0] >= 10:
+                rv.arrive(xs[0], wait=True)
+            return xs
+
+        stream = rt.dispatch_stream(range(10_000), held, batch_size=10, max_in_flight=8)
+        assert next(stream).payload == 0
+        rv.wait(count=2, timeout=20)  # both workers hold a batch, one more queued on each
+        assert len(pool.pending) == 3  # the window: 8 taken, 1 handed out, 4 on workers
+        del stream
+        assert not pool.pending
+        rv.release()
 
 
 def test_window_bounds_batches_taken(rt):
