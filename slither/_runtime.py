@@ -438,10 +438,10 @@ class Runtime:
         Idempotent. Processes still alive ``timeout`` seconds after Thespian's
         own shutdown, or when none of them has exited for a quarter of
         ``timeout`` (at least 0.5 s) while it waits, are SIGKILLed by process
-        group (the actor system's own group, never the caller's). After many
-        worker restarts Thespian's shutdown was seen to leave its admin and
-        our supervisors idle and alive: the backstop is part of normal
-        operation, logged at INFO.
+        group (the actor system's own group, never the caller's), logged at
+        INFO. The one cause of such a stall we found (a worker death Thespian
+        never reported, so its supervisor waited for it at shutdown) is fixed
+        in ``slither._thespian``; the backstop stays for causes not found.
         """
         with self._lock:
             if self._state in ("new", "stopped"):
@@ -483,8 +483,9 @@ class Runtime:
                 alive = pids_in_group(self._pgid)
                 if not alive:
                     break
-                # And sometimes, after many SIGKILLed workers, every process of the tree sits idle
-                # and none ever exits: when none has exited for a while, go to the backstop now.
+                # And if every process of the tree sits idle and none exits (seen after many
+                # SIGKILLed workers before the fix in slither._thespian): when none has exited
+                # for a while, go to the backstop now.
                 if alive != seen:
                     seen, since = alive, time.monotonic()
                 elif time.monotonic() - since > stall:

@@ -380,12 +380,16 @@ class Supervisor(Actor):
             if not self._stopping:
                 for child in list(self._children):
                     if child.pid is not None and child.address is not None and not pid_alive(child.pid):
-                        self._exited(child.address)
+                        self._report_dead(child)
                 self._watch()
         elif isinstance(message, ActorExitRequest):
             self._stopping = True
             for child in self._children:
-                if child.address is not None:
+                if child.address is None:
+                    continue
+                if child.pid is not None and not pid_alive(child.pid):
+                    self._report_dead(child)  # nothing to ask; and Thespian must not wait for it
+                else:
                     self.send(child.address, ActorExitRequest())
         elif isinstance(message, (PoisonMessage,)):
             pass
@@ -393,6 +397,15 @@ class Supervisor(Actor):
             self.on_other_message(message, sender)
 
     # -- internals -----------------------------------------------------
+    def _report_dead(self, child: _Child) -> None:
+        """A child found dead that Thespian has not reported: report it to ourselves.
+
+        The report takes the usual path (restart, or nothing when stopping), and
+        Thespian, on seeing it, drops the child from its own list, which it would
+        otherwise wait on when this actor exits.
+        """
+        self.send(self.myAddress, ChildActorExited(child.address))
+
     def _watch(self) -> None:
         if not self._watching and not self._stopping:
             self._watching = True

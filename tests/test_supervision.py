@@ -158,6 +158,64 @@ def test_children_die_with_a_killed_supervisor(asys):
     assert not wait_pids_gone(kids, timeout=10), "children outlived their supervisor"
 
 
+def test_handling_one_child_exit_reports_every_dead_child():
+    """Thespian's own _childExited dropped every dead child from its list while handling
+    one exit, so a child dead a moment later was never reported (and its parent waited for
+    it at shutdown). Patched in slither._thespian: the others are reported."""
+    from thespian.system import multiprocCommon as mpc
+
+    class Proc:
+        def __init__(self, alive):
+            self.alive = alive
+
+        def is_alive(self):
+            return self.alive
+
+        def join(self, timeout=None):
+            pass
+
+    class Transport:
+        myAddress = "me"
+
+        def __init__(self):
+            self.sent = []
+
+        def scheduleTransmit(self, _token, intent):
+            self.sent.append(intent.message)
+
+    mgr = object.__new__(mpc.MultiProcManager)
+    mgr.transport = Transport()
+    dead, alive = mpc.ChildInfo("b", Echo, Proc(False), 2), mpc.ChildInfo("c", Echo, Proc(True), 3)
+    mgr._child_procs = [dead, alive]  # "a" was reported (and dropped) by the SIGCHLD path
+    mgr._childExited("a")
+    assert [m.childAddress for m in mgr.transport.sent] == ["b"]
+    assert mgr._child_procs == [alive]
+
+
+def test_children_killed_together_leave_no_ghost_in_thespians_list(asys):
+    """Both children SIGKILLed back to back, again and again: after each round Thespian
+    lists exactly the live children (a ghost would be waited for at shutdown)."""
+    from thespian.system.messages.status import Thespian_StatusReq
+
+    system, tracked = asys
+    sup = start(system, "one_for_one", n=2, max_restarts=100)
+    for _ in range(8):
+        before = pids_of(system, sup)
+        tracked.extend(before.values())
+        for pid in before.values():
+            os.kill(pid, signal.SIGKILL)
+        old = set(before.values())
+
+        def replaced(old=old):
+            p = pids_of(system, sup)
+            return p if p and all(p.values()) and not set(p.values()) & old else None
+
+        now = wait_for(replaced)
+        tracked.extend(now.values())
+        listed = wait_for(lambda: system.ask(sup, Thespian_StatusReq(), 5))
+        assert len(listed.childActors) == 2, f"Thespian lists {len(listed.childActors)} children, 2 are alive"
+
+
 def _forked_from_us(pid):
     """Thespian's processes are forks of this one (same command line); they run in a session of their own."""
     try:
