@@ -176,14 +176,19 @@ def test_readers_in_workers_never_see_a_mix_during_reloads(srt):
             reloads.append(TwoTables.reload())
 
     def probe(xs):
-        bad = 0
-        for _ in range(300):
+        # Read until this worker has seen 4 different loads (reloads happened while it
+        # read), however fast or slow the reloader runs; the cap only bounds a broken run.
+        bad, seen = 0, set()
+        for _ in range(200_000):
             with TwoTables.snapshot() as s:
                 a_vals = {v for _, v in s.items("a")}
                 b = s.get("b", "stamp")
             if a_vals != {b}:
                 bad += 1
-        return [bad for _ in xs]
+            seen.add(b)
+            if len(seen) >= 4:
+                break
+        return [(bad, len(seen)) for _ in xs]
 
     t = threading.Thread(target=reloader)
     t.start()
@@ -192,8 +197,8 @@ def test_readers_in_workers_never_see_a_mix_during_reloads(srt):
     finally:
         stop.set()
         t.join()
-    assert len(reloads) > 3
-    assert sum(i.payload for i in out) == 0
+    assert all(seen >= 4 for _, seen in (i.payload for i in out)), "a worker read through fewer than 3 reloads"
+    assert sum(bad for bad, _ in (i.payload for i in out)) == 0
 
 
 def test_failing_load_keeps_old_data(srt):
