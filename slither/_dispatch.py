@@ -27,6 +27,7 @@ Tunables and their trade-offs:
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import heapq
 import importlib.util
@@ -685,7 +686,7 @@ class _Stream:
 
     def __init__(self, run: _Dispatch):
         self._batches = iter(run)
-        self._current: list = [[]]  # the batch being handed out (a holder: no cycle through self)
+        self._current: list = [iter(())]  # the iterator over the batch being handed out (a holder: no cycle via self)
         self._items = itertools.chain.from_iterable(_noting(self._batches, self._current))
 
     def __iter__(self) -> Iterator[Item]:
@@ -697,13 +698,14 @@ class _Stream:
     def close(self) -> None:
         """Stop the dispatch; nothing more is handed out."""
         self._batches.close()
-        self._current[0].clear()  # the chain's iterator over this batch ends here
+        collections.deque(self._current[0], maxlen=0)  # the chain's iterator over this batch is spent
 
 
 def _noting(batches, holder: list):
+    """Each batch as an iterator the chain takes items from, noted in ``holder``."""
     for out in batches:
-        holder[0] = out
-        yield out
+        holder[0] = it = iter(out)
+        yield it
 
 
 def dispatch_stream(items: Iterable, fn=None, **opts) -> Iterator[Item]:

@@ -282,20 +282,21 @@ class Pool:
                 if not conn.send_lock.acquire(blocking=False):
                     break  # the current sender will see our frames
                 try:
-                    small: list = []  # small frames queued together go out in one sendall
+                    small: list[bytes] = []  # small frames queued together go out in one sendall
                     while conn.sendq:
                         task = conn.sendq.popleft()
+                        frames = [task.chunks]
                         if task.fn_blob is not None and task.fn_key not in conn.fn_keys:
-                            small += _wire.dumps(("fn", task.fn_key, task.fn_blob))
+                            frames.insert(0, _wire.dumps(("fn", task.fn_key, task.fn_blob)))
                             conn.fn_keys.add(task.fn_key)
-                        chunks = task.chunks
-                        if len(chunks) == 1 and len(chunks[0]) <= _wire._SMALL:
-                            small.append(chunks[0])
-                            continue
-                        if small:
-                            _wire.send_chunks(conn.sock, small)
-                            small = []
-                        _wire.send_chunks(conn.sock, chunks)
+                        for chunks in frames:
+                            if len(chunks) == 1 and len(chunks[0]) <= _wire._SMALL:
+                                small.append(chunks[0])
+                                continue
+                            if small:  # a large frame: what is queued before it goes first
+                                conn.sock.sendall(b"".join(small))
+                                small = []
+                            _wire.send_chunks(conn.sock, chunks)
                     if small:
                         conn.sock.sendall(small[0] if len(small) == 1 else b"".join(small))
                 except OSError:

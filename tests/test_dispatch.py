@@ -211,6 +211,24 @@ def test_closing_a_stream_stops_it_at_once(rt):
         rv.release()
 
 
+def test_closing_a_stream_leaves_an_executors_lists_alone():
+    """close() stops the stream without touching the list a batch came in (here one an
+    executor keeps): it spends the stream's own iterator over it."""
+    kept = []
+
+    class Keeping:
+        def execute_batch(self, batch, ctx):
+            out = [i.update_payload(i.payload * 2) for i in batch]
+            kept.append(out)
+            return out
+
+    stream = slither.dispatch_stream(range(10), executor=Keeping(), batch_size=5)
+    assert next(stream).payload == 0
+    stream.close()
+    assert next(stream, None) is None
+    assert [[i.payload for i in b] for b in kept] == [[0, 2, 4, 6, 8], [10, 12, 14, 16, 18]]
+
+
 def test_window_bounds_batches_taken(rt):
     pulled = []
     with Rendezvous() as rv:

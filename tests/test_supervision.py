@@ -192,14 +192,13 @@ def test_handling_one_child_exit_reports_every_dead_child():
     assert mgr._child_procs == [alive]
 
 
-def test_children_killed_together_leave_no_ghost_in_thespians_list(asys):
-    """Both children SIGKILLed back to back, again and again: after each round Thespian
-    lists exactly the live children (a ghost would be waited for at shutdown)."""
+def _kill_both_again_and_again(system, sup, tracked, rounds=8):
+    """Both children SIGKILLed back to back, ``rounds`` times: after each round, once both
+    are replaced, Thespian lists exactly the live children (a ghost would be waited for
+    at shutdown)."""
     from thespian.system.messages.status import Thespian_StatusReq
 
-    system, tracked = asys
-    sup = start(system, "one_for_one", n=2, max_restarts=100)
-    for _ in range(8):
+    for _ in range(rounds):
         before = pids_of(system, sup)
         tracked.extend(before.values())
         for pid in before.values():
@@ -214,6 +213,37 @@ def test_children_killed_together_leave_no_ghost_in_thespians_list(asys):
         tracked.extend(now.values())
         listed = wait_for(lambda: system.ask(sup, Thespian_StatusReq(), 5))
         assert len(listed.childActors) == 2, f"Thespian lists {len(listed.childActors)} children, 2 are alive"
+
+
+def test_children_killed_together_leave_no_ghost_in_thespians_list(asys):
+    system, tracked = asys
+    _kill_both_again_and_again(system, start(system, "one_for_one", n=2, max_restarts=100), tracked)
+
+
+def _stock_child_exited(self, child_addr):
+    """Thespian 4.0.1's own MultiProcReplicator._childExited, which slither._thespian replaces."""
+    children = getattr(self, "_child_procs", [])
+    self._child_procs = list(filter(self._checkChildLiveness, children))
+
+
+def test_a_death_thespian_never_reports_is_reported_by_the_supervisor(monkeypatch):
+    """With Thespian's own _childExited (it loses the report of a child dying close to
+    another), the supervisor's pid watch finds the death and reports it to Thespian too:
+    the list still matches, and the system shuts down without waiting on a ghost."""
+    from thespian.system import multiprocCommon as mpc
+
+    monkeypatch.setattr(mpc.MultiProcReplicator, "_childExited", _stock_child_exited)  # before the admin forks
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    p = port.getsockname()[1]
+    port.close()
+    system = ActorSystem("multiprocTCPBase", {"Admin Port": p}, logDefs=_thespian.QUIET_LOGDEFS, transientUnique=True)
+    tracked = []
+    try:
+        _kill_both_again_and_again(system, start(system, "one_for_one", n=2, max_restarts=100), tracked)
+    finally:
+        system.shutdown()
+    assert not wait_pids_gone(tracked, timeout=10)
 
 
 def _forked_from_us(pid):
