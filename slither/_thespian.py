@@ -105,9 +105,15 @@ def _child_exited(self, child_addr) -> None:
     self.childDied()
 
 
-if not getattr(_mpc.MultiProcReplicator, "_slither_patched", False):
-    _mpc.MultiProcReplicator._childExited = _child_exited
-    _mpc.MultiProcReplicator._slither_patched = True
+_replicator = getattr(_mpc, "MultiProcReplicator", None)
+if (  # a Thespian without these internals is left as it is (tests/test_supervision.py checks this one)
+    _replicator is not None
+    and callable(getattr(_replicator, "childDied", None))
+    and callable(getattr(_replicator, "_childExited", None))
+    and not getattr(_replicator, "_slither_patched", False)
+):
+    _replicator._childExited = _child_exited
+    _replicator._slither_patched = True
 
 
 # -- Thespian's own messages are signed ------------------------------------------------

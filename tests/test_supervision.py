@@ -164,6 +164,8 @@ def test_handling_one_child_exit_reports_every_dead_child():
     it at shutdown). Patched in slither._thespian: the others are reported."""
     from thespian.system import multiprocCommon as mpc
 
+    assert mpc.MultiProcReplicator._childExited is _thespian._child_exited, "this Thespian was left unpatched"
+
     class Proc:
         def __init__(self, alive):
             self.alive = alive
