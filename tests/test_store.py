@@ -169,11 +169,10 @@ def test_worker_writes_are_seen_by_the_caller(srt):
 
 def test_readers_in_workers_never_see_a_mix_during_reloads(srt):
     stop = threading.Event()
-    reloads = []
 
     def reloader():
         while not stop.is_set():
-            reloads.append(TwoTables.reload())
+            TwoTables.reload()
 
     def probe(xs):
         # Read until this worker has seen 4 different loads (reloads happened while it
