@@ -298,7 +298,7 @@ class Pool:
                                 small = []
                             _wire.send_chunks(conn.sock, chunks)
                     if small:
-                        conn.sock.sendall(small[0] if len(small) == 1 else b"".join(small))
+                        conn.sock.sendall(b"".join(small))  # one frame: join() hands it back as it is
                 except OSError:
                     conn.sendq.clear()  # the reader sees the EOF and fails what was in flight
                 finally:
@@ -491,7 +491,9 @@ class Pool:
             _kill_conn(conn)
         self._lost(conn)
 
-    def _handle(self, conn: WorkerConn, msg, touched: list | None = None) -> None:
+    def _handle(self, conn: WorkerConn, msg, touched: list) -> None:
+        """A frame from ``conn``: a telemetry event, or a reply (connections given new
+        tasks meanwhile go on ``touched``, for the caller to flush)."""
         if msg[0] == "event":
             telemetry.emit(msg[1], msg[2], {**msg[3], "pool": self.name, "worker": conn.pid})
         else:
@@ -517,7 +519,9 @@ class Pool:
             try:
                 while True:
                     big = reader.unread() > BULK  # blocks until the next frame's header arrives
-                    self._handle(conn, reader.recv())
+                    touched: list[WorkerConn] = []
+                    self._handle(conn, reader.recv(), touched)
+                    self._flush(touched)
                     if not big:
                         break
                     self._wake()  # a thread reading in wait() sees what we put on its queue
@@ -565,9 +569,9 @@ class Pool:
                     pass
         self._pass_on()  # a thread waiting for the reading right sees _wake_closed
 
-    def _complete(self, conn: WorkerConn, msg, touched: list | None = None) -> None:
-        """A reply to ``conn``'s head task: pump the queue, then run the task's callback.
-        With ``touched``, the connections given tasks are added to it instead of flushed."""
+    def _complete(self, conn: WorkerConn, msg, touched: list) -> None:
+        """A reply to ``conn``'s head task: pump the queue (the connections given tasks go
+        on ``touched``, for the caller to flush), then run the task's callback."""
         with self.lock:
             task = conn.inflight.popleft()
             if task.ref != msg[1]:  # pragma: no cover - protocol invariant
@@ -575,11 +579,7 @@ class Pool:
             if conn.inflight and conn.inflight[0].timeout:
                 conn.inflight[0].deadline = time.monotonic() + conn.inflight[0].timeout
                 self._wake_timer(conn.inflight[0].deadline)
-            pumped = self._pump()
-        if touched is None:
-            self._flush(pumped)
-        else:
-            touched += [c for c in pumped if c not in touched]
+            touched += [c for c in self._pump() if c not in touched]
         kind = msg[0]
         if kind == "ok":
             result, error = msg[2], None

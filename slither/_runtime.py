@@ -199,10 +199,7 @@ class Runtime:
         pools = {"default": PoolSpec()} if pools is None else dict(pools)
         self.pool_specs: dict[str, PoolSpec] = {n: _as_spec(n, v) for n, v in pools.items()}
         for n, spec in self.pool_specs.items():
-            if spec.where is not None and (convention is None or convention.join):
-                raise ConfigurationError(
-                    f"pool {n!r}: where={spec.where!r} needs a runtime that leads a convention (Runtime(convention=...))"
-                )
+            self._check_where(n, spec)
         self.store_classes = list(stores)
         from slither._store import Store
 
@@ -357,12 +354,15 @@ class Runtime:
                     raise TimeoutError(f"no convention member offers {dict(where)!r} within {timeout}s") from None
                 time.sleep(0.1)  # members announce themselves to the leader; nothing here to wait on
 
+    def _check_where(self, name: str, spec: PoolSpec) -> None:
+        if spec.where is not None and (self.convention is None or self.convention.join):
+            raise ConfigurationError(
+                f"pool {name!r}: where={spec.where!r} needs a runtime that leads a convention (Runtime(convention=...))"
+            )
+
     def _start_pool(self, name: str, spec: PoolSpec) -> Pool:
+        self._check_where(name, spec)
         if spec.where is not None:
-            if self.convention is None or self.convention.join:
-                raise ConfigurationError(
-                    f"pool {name!r}: where={spec.where!r} needs a runtime that leads a convention (Runtime(convention=...))"
-                )
             for req in {tuple(sorted(r.items())) for r in spec.placements}:
                 try:
                     self.wait_for_member(dict(req), self.start_timeout)
@@ -459,6 +459,7 @@ class Runtime:
         deadline = time.monotonic() + timeout
         stall = max(_SHUTDOWN_STALL, timeout / 4)
         stalled = False
+        own_group = self._pgid is not None and self._pgid != os.getpgid(0)  # never signal the caller's group
         if asys is not None:
             # ActorSystem.shutdown() waits up to 10 s for the admin's "shutdown completed",
             # which after SIGKILLed actors was seen never to come. Wait at most 2 s here
@@ -472,7 +473,6 @@ class Runtime:
 
             stopper = threading.Thread(target=_stop_asys, name="slither-asys-shutdown", daemon=True)
             stopper.start()
-            own_group = self._pgid is not None and self._pgid != os.getpgid(0)
             seen, since = None, time.monotonic()
             while stopper.is_alive() and time.monotonic() < deadline:
                 stopper.join(0.01)
@@ -495,7 +495,7 @@ class Runtime:
             pool.disconnect()
         if self._hub is not None:
             self._hub.close()
-        if self._pgid is not None and self._pgid != os.getpgid(0):
+        if own_group:
             # Workers exit at once on their socket's EOF (disconnect() above), stalled tree or not.
             end = min(deadline, time.monotonic() + 0.2) if stalled else deadline
             while pids_in_group(self._pgid) and time.monotonic() < end:
