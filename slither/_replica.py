@@ -120,6 +120,7 @@ class _Replica:
                 self.ready.set()
 
     def close(self) -> None:
+        """Stop following the leader's store; the LMDB environment is closed once the thread ends."""
         sock = self.sock
         if sock is not None:
             try:
@@ -146,6 +147,7 @@ class ReplicaService:
         self._srv = _wire.listen(self.sock_path)
 
     def start(self) -> None:
+        """Accept this node's workers asking for replicas (after Thespian forked its admin)."""
         threading.Thread(target=self._accept, name="slither-replicas", daemon=True).start()
 
     def _accept(self) -> None:
@@ -167,6 +169,8 @@ class ReplicaService:
             conn.close()
 
     def ensure(self, name: str, address: tuple) -> tuple:
+        """``("ok", path)`` of an in-sync replica of store ``name`` served at ``address``
+        (made on first use), or ``("err", reason)``."""
         with self._lock:
             if self.closed.is_set():
                 return ("err", "the node is shutting down")
@@ -178,6 +182,7 @@ class ReplicaService:
         return ("err", f"no replica of store {name!r} from {address[0]}:{address[1]} within {READY_TIMEOUT}s ({rep.error})")
 
     def close(self) -> None:
+        """Refuse new requests and stop accepting connections."""
         self.closed.set()
         try:
             self._srv.close()

@@ -776,6 +776,7 @@ class _Subscriber:
         self.gone = False
 
     def push(self, changes) -> threading.Event:
+        """Queue a committed change set; the event is set once the replica acknowledged it (or is gone)."""
         ev = threading.Event()
         if self.gone:
             ev.set()
@@ -784,6 +785,7 @@ class _Subscriber:
         return ev
 
     def drop(self) -> None:
+        """Give up on this replica: writers no longer wait for it."""
         self.gone = True
         try:
             self.conn.shutdown(socket.SHUT_RDWR)
