@@ -183,7 +183,7 @@ def _wait_for(cond):
     while time.monotonic() < deadline:
         if cond():
             return True
-        time.sleep(0.01)
+        time.sleep(0.01)  # polls the member's replica: no event reaches a worker when it catches up
     return False
 
 
