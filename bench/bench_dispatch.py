@@ -117,6 +117,39 @@ def item_floor(items, batch, repeats=5):
     return len(batches) / median_time(build, repeats)
 
 
+def collector_time(rt, items, batch, repeats=3):
+    """Per batch of one dispatch of tiny work: (its whole time, the time spent in collections, in full ones).
+
+    Timed with ``gc.callbacks``: what Python's garbage collector takes of the
+    caller while ``dispatch`` gathers its result Items (the median run).
+    """
+    import gc
+
+    runs = []
+    for _ in range(repeats):
+        spent = {0: 0.0, 1: 0.0, 2: 0.0}
+        started = [0.0]
+
+        def cb(phase, info, spent=spent, started=started):
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                spent[info["generation"]] += time.perf_counter() - started[0]
+
+        gc.collect()
+        gc.callbacks.append(cb)
+        try:
+            t0 = time.perf_counter()
+            run_slither(rt, items, tiny, batch)
+            total = time.perf_counter() - t0
+        finally:
+            gc.callbacks.remove(cb)
+        runs.append((total, sum(spent.values()), spent[2]))
+    n = len(items) / batch
+    total, collecting, full = sorted(runs)[len(runs) // 2]
+    return total / n * 1e6, collecting / n * 1e6, full / n * 1e6
+
+
 def kill_recovery(rt, n=20):
     """Median time from SIGKILL of a busy worker to its batch's result under Retry."""
     lat = []
@@ -185,6 +218,12 @@ def main():
         print(
             f"tiny work ceiling: building the result Items alone (no processes) runs at {floor:,.0f} batches/s "
             f"= {floor / pool_rate:.2f}× Pool.imap ({pool_rate:,.0f} batches/s)",
+            flush=True,
+        )
+        us, gc_us, full_us = collector_time(rt, tiny_items, 64)
+        print(
+            f"tiny work, where the caller's time goes: {us:.1f} µs a batch, of which {gc_us:.1f} µs in the garbage "
+            f"collector ({full_us:.1f} µs in full collections, which walk every result Item gathered so far)",
             flush=True,
         )
         import gc
