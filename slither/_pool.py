@@ -112,6 +112,7 @@ class WorkerConn:
         "remote",
         "reader",
         "bulk",
+        "sender",
     )
 
     def __init__(self, pool, index, pid, sock, remote: bool = False):
@@ -132,6 +133,7 @@ class WorkerConn:
         self.sessions: set = set()
         self.reader = _wire.Reader(sock)
         self.bulk: queue.SimpleQueue | None = None  # hands large frames to a thread of this connection
+        self.sender: queue.SimpleQueue | None = None  # hands sends that would block to a thread of this connection
 
 
 # A frame with more than this still to arrive is read by a thread of its connection,
@@ -274,35 +276,97 @@ class Pool:
         One sender per connection at a time keeps frames in order; a thread
         that finds another one sending leaves its frames to it (the sender
         re-checks the queue after releasing its lock, so none is stranded).
-        Blocking in ``sendall`` is safe: each worker's reader thread drains
-        its socket, and at most ``depth`` frames are outstanding per worker.
+        Never blocks: what the socket does not take at once (a large frame
+        the worker has not read yet; a worker that stopped reading: a
+        SIGSTOPped process, a member cut off by the network) is finished by
+        the connection's sender thread, which holds the send lock meanwhile.
         """
         for conn in conns:
             while conn.sendq:
                 if not conn.send_lock.acquire(blocking=False):
                     break  # the current sender will see our frames
+                handed = False
                 try:
-                    small: list[bytes] = []  # small frames queued together go out in one sendall
-                    while conn.sendq:
-                        task = conn.sendq.popleft()
-                        frames = [task.chunks]
-                        if task.fn_blob is not None and task.fn_key not in conn.fn_keys:
-                            frames.insert(0, _wire.dumps(("fn", task.fn_key, task.fn_blob)))
-                            conn.fn_keys.add(task.fn_key)
-                        for chunks in frames:
-                            if len(chunks) == 1 and len(chunks[0]) <= _wire._SMALL:
-                                small.append(chunks[0])
-                                continue
-                            if small:  # a large frame: what is queued before it goes first
-                                conn.sock.sendall(b"".join(small))
-                                small = []
-                            _wire.send_chunks(conn.sock, chunks)
-                    if small:
-                        conn.sock.sendall(b"".join(small))  # one frame: join() hands it back as it is
+                    rest = self._send(conn, self._take_frames(conn), block=False)
+                    if rest:
+                        handed = self._hand_over(conn, rest)
                 except OSError:
                     conn.sendq.clear()  # the reader sees the EOF and fails what was in flight
                 finally:
-                    conn.send_lock.release()
+                    if not handed:
+                        conn.send_lock.release()
+
+    def _take_frames(self, conn: WorkerConn) -> list:
+        """Empty ``conn.sendq`` into the buffers to send, in order (holds its send lock):
+        small frames queued together are joined into one buffer, a large frame's chunks
+        stay as they are (out-of-band buffers are never copied)."""
+        out: list = []
+        small: list[bytes] = []
+        while conn.sendq:
+            task = conn.sendq.popleft()
+            frames = [task.chunks]
+            if task.fn_blob is not None and task.fn_key not in conn.fn_keys:
+                frames.insert(0, _wire.dumps(("fn", task.fn_key, task.fn_blob)))
+                conn.fn_keys.add(task.fn_key)
+            for chunks in frames:
+                if len(chunks) == 1 and len(chunks[0]) <= _wire._SMALL:
+                    small.append(chunks[0])
+                    continue
+                if small:  # a large frame: what is queued before it goes first
+                    out.append(b"".join(small))
+                    small = []
+                out += chunks
+        if small:
+            out.append(b"".join(small))  # one frame: join() hands it back as it is
+        return out
+
+    @staticmethod
+    def _send(conn: WorkerConn, bufs: list, block: bool) -> list:
+        """Send ``bufs`` in order; without ``block``, stop where the socket would block
+        and return what is left (the first of it cut where the socket stopped taking)."""
+        sock = conn.sock
+        for k, buf in enumerate(bufs):
+            if block:
+                sock.sendall(buf)
+                continue
+            try:
+                n = sock.send(buf, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                n = 0
+            if n < len(buf):
+                return [memoryview(buf)[n:], *bufs[k + 1 :]]
+        return []
+
+    def _hand_over(self, conn: WorkerConn, rest: list) -> bool:
+        """Give ``rest`` and the send lock of ``conn`` to the connection's sender thread
+        (False if the connection is lost meanwhile: nothing is left to send to)."""
+        with self.lock:
+            if not conn.alive:
+                return False
+            if conn.sender is None:
+                conn.sender = queue.SimpleQueue()
+                threading.Thread(
+                    target=self._send_loop, args=(conn,), name=f"slither-{self.name}-w{conn.index}-send", daemon=True
+                ).start()
+            conn.sender.put(rest)  # under the lock: before any end-of-connection marker
+        return True
+
+    def _send_loop(self, conn: WorkerConn) -> None:
+        """Finish the sends handed over to this connection (holding its send lock,
+        blocking as long as the worker takes to read), then what was queued meanwhile."""
+        while True:
+            rest = conn.sender.get()
+            if rest is None:
+                return
+            try:
+                self._send(conn, rest, block=True)
+                while conn.sendq:
+                    self._send(conn, self._take_frames(conn), block=True)
+            except OSError:
+                conn.sendq.clear()  # the reader sees the EOF and fails what was in flight
+            finally:
+                conn.send_lock.release()
+            self._flush([conn])  # frames queued after our last look and before the release
 
     def _wake_timer(self, deadline: float) -> None:
         # Waking the timer thread on every batch costs a GIL round trip; it only
@@ -598,6 +662,8 @@ class Pool:
             self._polled(conn, False)
             if conn.bulk is not None:
                 conn.bulk.put(False)  # its thread ends (a no-op when it is the one calling)
+            if conn.sender is not None:
+                conn.sender.put(None)  # ends once it is out of a send (the socket's close below ends that)
             conn.sendq.clear()  # every queued frame is also in inflight: re-queued below
             if self.workers.get(conn.index) is conn:
                 del self.workers[conn.index]

@@ -494,6 +494,52 @@ def test_a_worker_dying_between_large_results_is_retried(rt, tmp_path):
     assert any(i.meta["attempts"] == 2 for i in out)
 
 
+def _who(xs):
+    return [(os.getpid(), len(x)) for x in xs]
+
+
+@pytest.mark.timeout(40)
+def test_a_worker_that_stops_reading_does_not_stall_the_pool():
+    """A worker stops reading its socket (SIGSTOPped here; a member cut off by the network
+    alike) while 4 MB batches, more than any socket buffer holds, are on their way to it:
+    no caller's thread blocks sending to it, so the other worker's results keep coming.
+    No batch timeout: before, the caller blocked in sendall until this test's own timeout.
+    Then the stopped worker is killed: its batches run again elsewhere, none lost, and the
+    connections' sender threads end with the runtime."""
+    from slither.testing import running_runtime
+
+    def senders():
+        return [t for t in threading.enumerate() if t.name.startswith("slither-stuck-w") and t.name.endswith("-send")]
+
+    with running_runtime(pools={"stuck": {"size": 2, "max_restarts": 10, "max_seconds": 1.0}}) as fresh:
+        stopped, other = fresh.worker_pids("stuck")
+        blob = b"x" * (4 << 20)
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            stream = fresh.dispatch_stream(
+                [blob] * 10,
+                _who,
+                pool="stuck",
+                batch_size=1,
+                max_in_flight=4,
+                ordering="as_completed",
+                timeout=None,
+                on_error=Retry(3, backoff=0),
+            )
+            first = [next(stream).payload for _ in range(6)]
+            assert first == [(other, 4 << 20)] * 6
+        finally:
+            os.kill(stopped, signal.SIGKILL)
+        rest = [i.payload for i in stream]
+        assert len(rest) == 4 and all(n == 4 << 20 for _, n in rest)
+        assert stopped not in {pid for pid, _ in rest}
+        threads = senders()
+        assert threads, "no send was handed over to a connection's thread"
+    for t in threads:
+        t.join(10)
+    assert not [t.name for t in threads if t.is_alive()]
+
+
 def test_a_telemetry_handler_dispatching_on_its_own_pool_gets_a_clear_error(rt):
     """A crash event runs its handlers in the thread reading the pool's sockets: a
     dispatch there would wait on itself, so it raises at once instead of hanging."""
