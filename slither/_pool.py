@@ -663,7 +663,7 @@ class Pool:
             if conn.bulk is not None:
                 conn.bulk.put(False)  # its thread ends (a no-op when it is the one calling)
             if conn.sender is not None:
-                conn.sender.put(None)  # ends once it is out of a send (the socket's close below ends that)
+                conn.sender.put(None)  # ends after a send it is in fails (the worker's end is gone or cut)
             conn.sendq.clear()  # every queued frame is also in inflight: re-queued below
             if self.workers.get(conn.index) is conn:
                 del self.workers[conn.index]
