@@ -110,6 +110,43 @@ def test_a_late_batch_on_a_member_times_out_and_the_pool_carries_on(leader):
     assert [i.payload for i in rt.dispatch(range(10), lambda xs: xs, pool="span", batch_size=1)] == list(range(10))
 
 
+def test_a_stopped_member_worker_does_not_stall_the_pool(leader):
+    """The member's worker stops reading (SIGSTOPped: a host cut off alike) while 8 MB batches,
+    more than TCP buffers hold, are on their way to it, with no batch timeout: the leader's
+    workers' results keep coming (no thread of the leader blocks sending to it). Then it is
+    killed: its batches run again, none lost, and the member brings the worker back."""
+    rt, _, _ = leader
+    assert rt.pool("span").wait_ready(30)  # the member's worker is back from the test before
+    conn = next(c for c in rt.pool("span").workers.values() if c.remote)
+    remote = conn.pid
+    blob = b"x" * (8 << 20)
+    os.kill(remote, signal.SIGSTOP)
+    try:
+        stream = rt.dispatch_stream(
+            [blob] * 10,
+            lambda xs: [(os.getpid(), len(x)) for x in xs],
+            pool="span",
+            batch_size=1,
+            max_in_flight=6,
+            ordering="as_completed",
+            timeout=None,
+            on_error=Retry(3, backoff=0),
+        )
+        first = [next(stream).payload for _ in range(6)]
+        assert all(pid != remote and n == 8 << 20 for pid, n in first)
+        # What TCP did not take (it holds ~4 MB for a peer that does not read) was handed to the
+        # connection's sender thread. Before, the caller blocked in sendall until TCP's user
+        # timeout (15 s) dropped the connection, and only then took these six results.
+        sender = f"slither-span-w{conn.index}-send"
+        assert sender in {t.name for t in threading.enumerate()}
+    finally:
+        os.kill(remote, signal.SIGKILL)
+    rest = [i.payload for i in stream]
+    assert len(rest) == 4 and all(n == 8 << 20 for _, n in rest)
+    assert rt.pool("span").wait_ready(30)
+    assert remote not in {c.pid for c in rt.pool("span").workers.values()}
+
+
 def test_a_wrong_secret_is_refused_before_anything_is_unpickled(leader):
     rt, _, _ = leader
     host, port = rt._hub_tcp
