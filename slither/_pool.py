@@ -287,7 +287,7 @@ class Pool:
                     break  # the current sender will see our frames
                 handed = False
                 try:
-                    rest = self._send(conn, self._take_frames(conn), block=False)
+                    rest = _wire.send_buffers(conn.sock, self._take_frames(conn), block=False)
                     if rest:
                         handed = self._hand_over(conn, rest)
                 except OSError:
@@ -320,23 +320,6 @@ class Pool:
             out.append(b"".join(small))  # one frame: join() hands it back as it is
         return out
 
-    @staticmethod
-    def _send(conn: WorkerConn, bufs: list, block: bool) -> list:
-        """Send ``bufs`` in order; without ``block``, stop where the socket would block
-        and return what is left (the first of it cut where the socket stopped taking)."""
-        sock = conn.sock
-        for k, buf in enumerate(bufs):
-            if block:
-                sock.sendall(buf)
-                continue
-            try:
-                n = sock.send(buf, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                n = 0
-            if n < len(buf):
-                return [memoryview(buf)[n:], *bufs[k + 1 :]]
-        return []
-
     def _hand_over(self, conn: WorkerConn, rest: list) -> bool:
         """Give ``rest`` and the send lock of ``conn`` to the connection's sender thread
         (False if the connection is lost meanwhile: nothing is left to send to)."""
@@ -359,9 +342,9 @@ class Pool:
             if rest is None:
                 return
             try:
-                self._send(conn, rest, block=True)
+                _wire.send_buffers(conn.sock, rest)
                 while conn.sendq:
-                    self._send(conn, self._take_frames(conn), block=True)
+                    _wire.send_buffers(conn.sock, self._take_frames(conn))
             except OSError:
                 conn.sendq.clear()  # the reader sees the EOF and fails what was in flight
             finally:

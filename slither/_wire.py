@@ -53,6 +53,23 @@ def send_chunks(sock: socket.socket, chunks: list) -> None:
             sock.sendall(c)
 
 
+def send_buffers(sock: socket.socket, bufs: list, block: bool = True) -> list:
+    """Send ``bufs`` (bytes or byte memoryviews) in order and return what is left:
+    nothing when ``block``; otherwise what the socket would not take at once,
+    the first of it cut where the socket stopped taking."""
+    for k, buf in enumerate(bufs):
+        if block:
+            sock.sendall(buf)
+            continue
+        try:
+            n = sock.send(buf, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            n = 0
+        if n < len(buf):
+            return [memoryview(buf)[n:], *bufs[k + 1 :]]
+    return []
+
+
 def send(sock: socket.socket, obj) -> None:
     """Send one object as a frame. Raises what pickling raises, before sending anything."""
     send_chunks(sock, dumps(obj))

@@ -104,26 +104,21 @@ def _tcp_pair():
 
 @pytest.mark.parametrize("pair", [socket.socketpair, _tcp_pair], ids=["unix", "tcp"])
 def test_a_send_that_would_block_leaves_the_rest_cut_where_the_socket_stopped(pair):
-    """The pool's non-blocking send (Pool._send): with nobody reading, it stops where the
-    socket's buffer is full and hands back the rest; sent later, the rest completes the
+    """The pool's non-blocking send (_wire.send_buffers): with nobody reading, it stops where
+    the socket's buffer is full and hands back the rest; sent later, the rest completes the
     bytes exactly (nothing lost or sent twice at the cut, out-of-band buffers included)."""
-    from types import SimpleNamespace
-
-    from slither._pool import Pool
-
     a, b = pair()
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)  # well under the 10 MB sent, whatever the system's tuning
     b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     try:
         array = np.arange(300_000, dtype=np.float64)
         bufs = [b"head", bytes(range(256)) * 40_000, memoryview(array).cast("B"), b"tail"]
-        conn = SimpleNamespace(sock=a)
-        rest = Pool._send(conn, bufs, block=False)
+        rest = _wire.send_buffers(a, bufs, block=False)
         assert rest, "10 MB went into a socket nobody reads"
         got = bytearray()
         reader = threading.Thread(target=lambda: got.extend(_wire._recv_exact(b, sum(len(x) for x in bufs))))
         reader.start()
-        assert Pool._send(conn, rest, block=True) == []
+        assert _wire.send_buffers(a, rest, block=True) == []
         reader.join(30)
         assert got == b"".join(bytes(x) for x in bufs)
     finally:
