@@ -4,7 +4,7 @@
 
     RootSupervisor            one_for_one; watches the caller's pid
     ├── PoolSupervisor(p)      temporary child of the root; restart intensity per PoolSpec
-    │   └── Worker × size      permanent; each serves batches over the data plane
+    │   └── Worker × size      permanent; a nanny that forks the worker process and reaps it
     ├── StoreSupervisor        one_for_one
     │   └── StoreServer(S)     the single writer of store S
     └── PipeSupervisor         (pipes' long-lived runners live in the caller; see pipe.py)
@@ -19,12 +19,13 @@ import os
 import shutil
 import signal
 import threading
+import traceback
 
 import attrs
 from thespian.actors import ActorExitRequest, WakeupMessage
 
-from slither import _wire
-from slither.supervision import SupervisedActor, Supervisor, offers, pid_alive
+from slither import _wire, _worker
+from slither.supervision import SupervisedActor, Supervisor, node_key, offers, pid_alive
 
 
 def _cheap_repr(self) -> str:
@@ -128,44 +129,68 @@ class PlacementProbe(SupervisedActor):
 
 
 class Worker(SupervisedActor):
-    """A pool worker: one OS process, serving batches on a thread of its own so
-    Thespian's message loop (and its transmit timeouts) is never blocked by
-    user code."""
+    """The nanny of one pool worker (see ``slither._worker``): forks the worker
+    process on its first ``WorkerInit``, reaps it, reports how it ended to the
+    caller's hub, and exits so that its supervisor restarts it.
+
+    With ``simpleSystemBase`` (everything in the caller's process, debugging
+    only) the worker is a thread of the caller instead."""
 
     _started = False
 
     actorSystemCapabilityCheck = staticmethod(offers)  # PoolSpec(where=...) becomes the requirements
 
     def on_message(self, message, sender):
-        if isinstance(message, WorkerInit) and not self._started:
-            self._started = True
-            from slither import worker
+        if not isinstance(message, WorkerInit) or self._started:
+            return
+        self._started = True
+        if os.getpid() == message.owner_pid:
+            threading.Thread(target=_serve_in_process, args=(message,), name="slither-worker", daemon=True).start()
+            return
+        fault_r, fault_w = os.pipe()
+        nanny = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            os.close(fault_r)
+            _worker.run_forked(message, nanny, fault_w)
+        os.close(fault_w)
+        threading.Thread(target=_reap, args=(message, pid, fault_r), name="slither-nanny", daemon=True).start()
 
-            in_process = os.getpid() == message.owner_pid
 
-            def run():
-                try:
-                    worker.serve(
-                        message.hub_path,
-                        message.token,
-                        message.pool,
-                        message.index,
-                        None if in_process else message.rlimit_as,
-                        in_process=in_process,
-                        hub_tcp=message.hub_tcp,
-                        leader_node=message.leader_node,
-                    )
-                except BaseException:  # noqa: BLE001
-                    import traceback
+def _serve_in_process(init: WorkerInit) -> None:
+    try:
+        _worker.serve(init.hub_path, init.token, init.pool, init.index, None, in_process=True)
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
 
-                    traceback.print_exc()
-                if not in_process:
-                    os._exit(0)
 
-            threading.Thread(target=run, name="slither-worker", daemon=True).start()
+def _reap(init: WorkerInit, pid: int, fault_r: int) -> None:
+    """Wait for the worker to end, tell the caller's hub how, and end this nanny."""
+    _, status = os.waitpid(pid, 0)
+    os.set_blocking(fault_r, False)
+    fault = b""
+    try:
+        while len(fault) < _FAULT_MAX:
+            chunk = os.read(fault_r, 65536)
+            if not chunk:
+                break
+            fault += chunk
+    except BlockingIOError:
+        pass
+    if init.hub_tcp is None or init.leader_node == node_key():  # the hub's Unix socket is on this host
+        msg = ("exit", init.token, init.pool, init.index, pid, os.waitstatus_to_exitcode(status), fault.decode(errors="replace"))
+        try:
+            s = _wire.connect(init.hub_path, timeout=5)
+            try:
+                _wire.send(s, msg)
+            finally:
+                s.close()
+        except OSError:
+            pass  # the caller is gone or shutting down: nobody to tell
+    os._exit(0)
 
-    def handles_system(self, message) -> bool:
-        return False
+
+_FAULT_MAX = 256 * 1024  # faulthandler's dump of every thread is a few KB
 
 
 __all__ = ["RootSupervisor", "PoolSupervisor", "Worker", "WorkerInit", "PoolInit", "WatchCaller", "ActorExitRequest"]

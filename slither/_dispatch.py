@@ -40,9 +40,8 @@ from itertools import repeat
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
-import cloudpickle
 
-from slither import _wire, telemetry
+from slither import _pickle, _wire, telemetry
 from slither._item import _EMPTY, Context, Item, _ItemSlots, _make, _next_ids
 from slither._pool import Task, new_ref
 from slither.errors import (
@@ -260,7 +259,7 @@ def _resolve_fn(fn) -> tuple[Any, bytes | None]:
         return ("name", fn), None
     if callable(fn):
         try:
-            blob = cloudpickle.dumps(fn)
+            blob = _pickle.dumps_code(fn)
         except Exception as exc:
             raise SerializationError(f"fn {fn!r} could not be pickled: {type(exc).__name__}: {exc}") from exc
         return ("pickled", hashlib.blake2b(blob, digest_size=16).hexdigest()), blob
@@ -275,7 +274,7 @@ class _Batch:
     them (a failure policy, an executor): the result Items carry the same ids.
     """
 
-    __slots__ = ("seq", "_items", "ids", "payloads", "attempts", "chunks", "t0")
+    __slots__ = ("seq", "_items", "ids", "payloads", "attempts", "chunks", "t0", "start", "by_value")
 
     def __init__(self, seq, items, ids=None, payloads=None):
         self.seq = seq
@@ -285,6 +284,8 @@ class _Batch:
         self.attempts = 0
         self.chunks = None
         self.t0 = 0
+        self.start: int | None = None  # position of its first item in the input (FixedBatch)
+        self.by_value = False  # pickled with cloudpickle (see slither._pickle)
 
     @property
     def items(self) -> list[Item]:
@@ -373,6 +374,7 @@ class _Dispatch:
         self.timeout = timeout
         self.ctx = context if context is not None else Context()
         self._ctx_blob: bytes | None = None
+        self.by_value = False  # once a batch needed cloudpickle, the rest of the dispatch uses it
         self.session = self.ctx.session_id if affinity == "session" else None
         self.progress = progress
         self.total = total
@@ -409,19 +411,47 @@ class _Dispatch:
 
     def _pickle(self, b: _Batch, ref: int) -> list:
         payloads = b.payloads if b.payloads is not None else [i.payload for i in b.items]
-        try:
-            if self._ctx_blob is None:  # the Context is the same for every batch: pickled once
+        if self._ctx_blob is None:  # the Context is the same for every batch: pickled once
+            try:
                 self._ctx_blob = pickle.dumps(self.ctx, protocol=5)
-            return _wire.dumps(("batch", ref, self.fn_key, payloads, self._ctx_blob))
+            except Exception:  # noqa: BLE001 - metadata holding a local class, say
+                self._ctx_blob = _pickle.dumps_by_value(self.ctx)
+        msg = ("batch", ref, self.fn_key, payloads, self._ctx_blob)
+        if not (b.by_value or self.by_value):
+            try:
+                return _wire.dumps(msg)
+            except Exception:  # noqa: BLE001 - a local class, a lambda in a payload: cloudpickle can
+                self.by_value = True  # the rest of this dispatch goes by value at once
+        b.by_value = True
+        try:
+            return _wire.dumps(msg, by_value=True)
         except Exception as exc:
-            for item in b.items:
+            for k, item in enumerate(b.items):
                 try:
-                    pickle.dumps(item.payload, protocol=5)
+                    _pickle.dumps_by_value(item.payload)
                 except Exception as inner:  # noqa: BLE001
-                    raise SerializationError(
-                        f"item {item.id!r} could not be pickled: {type(inner).__name__}: {inner}", item_id=item.id
-                    ) from inner
+                    raise self._bad_item(b, k, f"could not be pickled: {type(inner).__name__}: {inner}") from inner
             raise SerializationError(f"batch {b.seq} could not be pickled: {type(exc).__name__}: {exc}") from exc
+
+    def _bad_item(self, b: _Batch, k: int, why: str) -> SerializationError:
+        """The error naming item ``k`` of batch ``b``: its id, and its position in the input when known."""
+        item = b.items[k]
+        pos = None if b.start is None else b.start + k
+        where = f"at position {pos} of the input" if pos is not None else f"{k} of batch {b.seq}"
+        return SerializationError(f"item {item.id!r} ({where}) {why}", item_id=item.id, position=pos)
+
+    def _unloadable(self, b: _Batch, exc: SerializationError, q) -> SerializationError | None:
+        """The worker could not unpickle ``b``: send it again by value (None), unless it
+        went so already; then the error names the item (it cannot succeed: not retried)."""
+        if not b.by_value:
+            self.by_value = True
+            b.attempts -= 1  # not an attempt of the policy's: the batch never ran
+            self._submit(b, q)
+            return None
+        if exc.unloadable:
+            k, name = exc.unloadable[0]
+            return self._bad_item(b, k, f"could not be unpickled in the worker: class {name} cannot be imported there")
+        return exc
 
     def _batch_meta(self, b: _Batch, **extra) -> dict:
         """Metadata of a dispatch batch event (built only when a handler listens)."""
@@ -542,6 +572,8 @@ class _Dispatch:
         window = 0
         exhausted = False
         interrupted = False
+        fixed = type(self.strategy) is FixedBatch
+        taken = 0
         bar = _progress(self.progress, self.total)
         try:
             while True:
@@ -573,6 +605,9 @@ class _Dispatch:
                                 "expected a non-empty list of Items"
                             )
                         b = _Batch(seq, items)
+                    if fixed:
+                        b.start = taken
+                        taken += len(b)
                     seq += 1
                     window += 1
                     self._submit(b, q)
@@ -598,6 +633,10 @@ class _Dispatch:
                 if msg is None:
                     continue
                 b, result, error, pid = msg
+                if error is not None and getattr(error, "unloadable", None) is not None:
+                    error = self._unloadable(b, error, q)
+                    if error is None:
+                        continue
                 if error is None:
                     out = self._finish_ok(b, result, pid)
                 else:

@@ -24,8 +24,11 @@ How a batch travels::
 from __future__ import annotations
 
 import itertools
+import linecache
+import logging
 import os
 import queue
+import re
 import select
 import signal
 import socket
@@ -38,7 +41,7 @@ from typing import Any
 
 from loguru import logger
 
-from slither import _wire, telemetry
+from slither import _pickle, _wire, telemetry
 from slither.errors import (
     BadBatchResult,
     BatchTimeout,
@@ -164,6 +167,8 @@ class Pool:
         self._rot_gen = -1
         self._rotations: list[list[WorkerConn]] = []
         self._timer_next = 0.0
+        self._exits: dict[int, tuple] = {}  # pid -> (exitcode, fault): nannies' reports not yet matched to an EOF
+        self._awaiting: dict[int, tuple] = {}  # pid -> (deadline, tasks): lost workers whose report is awaited
         # Receiving (see wait()): whoever holds _rx reads every worker socket of the pool.
         self._rx = threading.Lock()
         self._rx_owner = 0  # ident of the thread holding _rx, 0 when free
@@ -524,7 +529,12 @@ class Pool:
                 if reader.unread() > BULK:
                     self._to_bulk(conn)  # a large frame: its own thread reads it
                     return
-                self._handle(conn, reader.recv(), touched)  # blocks only for the rest of a frame on its way
+                try:
+                    msg = reader.recv()  # blocks only for the rest of a frame on its way
+                except _wire.UnpicklingFailed as failed:
+                    self._unreadable(conn, failed, touched)
+                else:
+                    self._handle(conn, msg, touched)
                 if reader.start == reader.end:
                     return
         except Exception as exc:  # noqa: BLE001
@@ -541,10 +551,26 @@ class Pool:
     def _handle(self, conn: WorkerConn, msg, touched: list) -> None:
         """A frame from ``conn``: a telemetry event, or a reply (connections given new
         tasks meanwhile go on ``touched``, for the caller to flush)."""
-        if msg[0] == "event":
+        kind = msg[0]
+        if kind == "event":
             telemetry.emit(msg[1], msg[2], {**msg[3], "pool": self.name, "worker": conn.pid})
+        elif kind == "log":
+            _relog(msg[1])
         else:
             self._complete(conn, msg, touched)
+
+    def _unreadable(self, conn: WorkerConn, failed: _wire.UnpicklingFailed, touched: list) -> None:
+        """A frame from ``conn`` that this process cannot unpickle: a reply fails its
+        batch (``SerializationError``); anything else is dropped, with a warning."""
+        try:
+            kind, ref = _pickle.loads_tolerant(failed.main, failed.buffers)[:2]
+        except Exception:  # noqa: BLE001
+            kind, ref = None, None
+        if kind not in ("ok", "err", "bad", "ser", "unloadable"):
+            logger.warning("pool {!r}: dropped a frame from worker {} that cannot be unpickled here: {}", self.name, conn.pid, failed)
+            return
+        why = f"the batch's result could not be unpickled in the caller: {failed}"
+        self._complete(conn, ("ser", ref, why), touched)
 
     def _to_bulk(self, conn: WorkerConn) -> None:
         """Stop polling ``conn`` and let its bulk thread read the next frame."""
@@ -567,7 +593,12 @@ class Pool:
                 while True:
                     big = reader.unread() > BULK  # blocks until the next frame's header arrives
                     touched: list[WorkerConn] = []
-                    self._handle(conn, reader.recv(), touched)
+                    try:
+                        msg = reader.recv()
+                    except _wire.UnpicklingFailed as failed:
+                        self._unreadable(conn, failed, touched)
+                    else:
+                        self._handle(conn, msg, touched)
                     self._flush(touched)
                     if not big:
                         break
@@ -631,9 +662,12 @@ class Pool:
         if kind == "ok":
             result, error = msg[2], None
         elif kind == "err":
-            result, error = None, WorkerError(msg[2], msg[3], msg[4])
+            result, error = None, WorkerError(msg[2], msg[3], _with_source(msg[4]))
         elif kind == "bad":
             result, error = None, BadBatchResult(msg[2])
+        elif kind == "unloadable":  # ("unloadable", ref, [(position in batch, "module.Class")], why)
+            result, error = None, SerializationError(f"the worker could not unpickle the batch: {msg[3]}")
+            error.unloadable = msg[2]
         else:
             result, error = None, SerializationError(msg[2])
         if task.callback is not None:
@@ -672,6 +706,15 @@ class Pool:
             conn.sock.close()
         except OSError:
             pass
+        if not closing:
+            telemetry.emit(
+                ("slither", "worker", "crash"),
+                {},
+                {"pool": self.name, "worker": conn.pid, "index": conn.index, "batch_ref": head.meta if head else None},
+            )
+        victims = ([head] if head is not None else []) + lost_pinned
+        if not victims:
+            return
         if closing:
             err: Exception = RuntimeNotStarted(f"pool {self.name!r} was shut down")
         elif self.down is not None:
@@ -682,23 +725,46 @@ class Pool:
                 "the worker was killed and replaced"
             )
         else:
-            err = WorkerCrashed(f"worker {conn.pid} of pool {self.name!r} died while running the batch", pid=conn.pid)
-        if not closing:
-            telemetry.emit(
-                ("slither", "worker", "crash"),
-                {},
-                {"pool": self.name, "worker": conn.pid, "index": conn.index, "batch_ref": head.meta if head else None},
-            )
-        for t in ([head] if head is not None else []) + lost_pinned:
+            err = self._crash_of(conn, victims)
+            if err is None:
+                return  # failed when its nanny says how the worker ended (see exited())
+        self._fail(victims, err, conn.pid)
+
+    def _crash_of(self, conn: WorkerConn, victims: list[Task]) -> WorkerCrashed | None:
+        """The crash of a local worker, if its nanny already said how it ended; else None,
+        and ``victims`` wait for that report (at most EXIT_REPORT_WAIT seconds)."""
+        if conn.remote:
+            return WorkerCrashed(f"worker {conn.pid} of pool {self.name!r} died while running the batch", pid=conn.pid)
+        with self.lock:
+            report = self._exits.pop(conn.pid, None)
+            if report is None:
+                self._awaiting[conn.pid] = (time.monotonic() + EXIT_REPORT_WAIT, victims)
+                self.changed.notify_all()  # the timer plans the fallback
+                return None
+        return _crashed(self.name, conn.pid, *report)
+
+    def exited(self, pid: int, exitcode: int | None, fault: str) -> None:
+        """A nanny's report of how worker ``pid`` ended (see ``slither._worker``)."""
+        with self.lock:
+            waiting = self._awaiting.pop(pid, None)
+            if waiting is None:
+                self._exits[pid] = (exitcode, fault)  # its EOF is still on its way
+                while len(self._exits) > 64:  # reports of workers that held no batch
+                    del self._exits[next(iter(self._exits))]
+                return
+        self._fail(waiting[1], _crashed(self.name, pid, exitcode, fault), pid)
+
+    def _fail(self, victims: list[Task], err: Exception, pid) -> None:
+        for t in victims:
             if t.callback is not None:
-                t.callback(t, None, err, conn.pid)
+                t.callback(t, None, err, pid)
 
     def mark_down(self, reason: str | None = None) -> None:
         with self.lock:
             if self.down is not None or self.closed:
                 return
             self.down = PoolDown(self.name, reason)
-            victims = list(self.pending)
+            victims = list(self.pending) + self._take_awaiting()
             self.pending.clear()
             for conn in self.workers.values():
                 victims += list(conn.inflight) + list(conn.private)
@@ -711,6 +777,12 @@ class Pool:
             if t.callback is not None:
                 t.callback(t, None, self._pool_down(), None)
         self._wake()  # a thread reading in wait() sees its queue
+
+    def _take_awaiting(self) -> list[Task]:
+        """Every task waiting for a nanny's report, taken (holds self.lock)."""
+        tasks = [t for _, ts in self._awaiting.values() for t in ts]
+        self._awaiting.clear()
+        return tasks
 
     def _pool_down(self) -> PoolDown:
         # A fresh instance per caller: one exception raised in several threads
@@ -736,7 +808,7 @@ class Pool:
     def close(self) -> None:
         with self.lock:
             self.closed = True
-            victims = list(self.pending)
+            victims = list(self.pending) + self._take_awaiting()
             self.pending.clear()
             conns = list(self.workers.values())
             for conn in conns:
@@ -774,6 +846,17 @@ class Pool:
                             _kill_conn(conn)
                         else:
                             nxt = min(nxt, head.deadline)
+                late = [pid for pid, (deadline, _) in self._awaiting.items() if deadline <= now]
+                if late:
+                    self.lock.release()
+                    try:
+                        for pid in late:
+                            self.exited(pid, None, "")  # the nanny died too, or the caller is too busy to hear it
+                    finally:
+                        self.lock.acquire()
+                    continue
+                for deadline, _ in self._awaiting.values():
+                    nxt = min(nxt, deadline)
                 if self.sup_pid is not None and self.down is None and not pid_alive(self.sup_pid):
                     self.lock.release()
                     try:
@@ -784,6 +867,44 @@ class Pool:
                 self._timer_next = nxt
                 self.changed.wait(max(0.0, nxt - time.monotonic()))
                 self._timer_next = 0.0
+
+
+# How long a batch whose worker died waits for its nanny's report of how (a few ms
+# after the EOF, as a rule) before it fails without it.
+EXIT_REPORT_WAIT = 1.0
+
+
+def _crashed(pool: str, pid: int, exitcode: int | None, fault: str) -> WorkerCrashed:
+    how = WorkerCrashed.how(exitcode)
+    return WorkerCrashed(f"worker {pid} of pool {pool!r} {how} while running the batch", pid=pid, exitcode=exitcode, fault=fault)
+
+
+_FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+)')
+
+
+def _with_source(tb: str) -> str:
+    """A worker's traceback with the source lines it could not show filled in from
+    this process's ``linecache`` (a notebook cell, a file not on the worker's host)."""
+    if not tb:
+        return tb
+    lines = tb.splitlines(keepends=True)
+    out = []
+    for k, line in enumerate(lines):
+        out.append(line)
+        m = _FRAME.match(line)
+        if m and not (k + 1 < len(lines) and lines[k + 1].startswith("    ")):
+            src = linecache.getline(m["file"], int(m["line"])).strip()
+            if src:
+                out.append(f"    {src}\n")
+    return "".join(out)
+
+
+def _relog(d: dict) -> None:
+    """A ``logging`` record from a worker, handled here under its logger's name."""
+    record = logging.makeLogRecord(d)
+    lg = logging.getLogger(record.name) if record.name != "root" else logging.getLogger()
+    if lg.isEnabledFor(record.levelno):
+        lg.handle(record)
 
 
 def _kill_conn(conn: WorkerConn) -> None:
@@ -872,6 +993,11 @@ class Hub:
                 if pool is not None:
                     with pool.lock:
                         pool.sup_pid = hello[3]
+                s.close()
+            elif kind == "exit":  # ("exit", token, pool, index, pid, exitcode, faulthandler text)
+                pool = self.pools.get(hello[2])
+                if pool is not None:
+                    pool.exited(hello[4], hello[5], hello[6])
                 s.close()
             elif kind == "pool_down":
                 pool = self.pools.get(hello[2])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import pickle
 import secrets
@@ -29,6 +30,11 @@ from thespian.system.transport import TCPTransport as _tcp
 from thespian.system.transport import streamBuffer as _stream
 
 LOOPBACK = "127.0.0.1"
+
+# The caller's logging tree, as objects: Thespian replaces ``logging.root`` and the
+# manager in every actor process it starts; a worker (see slither._worker) puts these
+# back, and so has the caller's loggers and levels as they were when the runtime started.
+CALLER_LOGGING = (logging.root, logging.Logger.manager)
 
 # Thespian advertises THESPIAN_BASE_IPADDR (otherwise it probes for an
 # external address). Bound to loopback, it must also advertise loopback, or no

@@ -20,19 +20,38 @@ import pickle
 import socket
 import struct
 
+from slither import _pickle
+
 _HEAD = struct.Struct("!QI")
 _LEN = struct.Struct("!Q")
 _SMALL = 256 * 1024
 
 
-def dumps(obj) -> list:
+class UnpicklingFailed(Exception):
+    """A whole frame arrived but could not be unpickled here (a class this process
+    cannot import). The stream stays in step: the next frame can be read."""
+
+    def __init__(self, cause: BaseException, main: bytes, buffers: list):
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+        self.main = main
+        self.buffers = buffers
+
+
+def dumps(obj, by_value: bool = False) -> list:
     """Serialise ``obj`` into the list of byte chunks of one frame.
 
     A small frame without out-of-band buffers (most batches and results) is
-    one chunk, ready for a single ``sendall``.
+    one chunk, ready for a single ``sendall``. ``by_value`` pickles classes
+    and functions of ``__main__`` (or not importable) by value, with
+    cloudpickle: slower, for what the C pickler cannot do or the other side
+    could not load (see :mod:`slither._pickle`).
     """
     bufs: list = []
-    main = pickle.dumps(obj, protocol=5, buffer_callback=bufs.append)
+    if by_value:
+        main = _pickle.dumps_by_value(obj, buffer_callback=bufs.append)
+    else:
+        main = pickle.dumps(obj, protocol=5, buffer_callback=bufs.append)
     if not bufs:
         head = _HEAD.pack(len(main), 0)
         return [head + main] if len(main) <= _SMALL else [head, main]
@@ -171,6 +190,8 @@ class Reader:
         bufs = [self._own(n) for n in lens]
         try:
             return pickle.loads(main, buffers=bufs)
+        except (AttributeError, ImportError, pickle.UnpicklingError, TypeError, ValueError) as exc:
+            raise UnpicklingFailed(exc, bytes(main), bufs) from exc
         finally:
             if self.start == self.end:
                 self.start = self.end = 0

@@ -13,13 +13,21 @@
     ├── StoreError                          a store write or reload failed
     │   ├── ViewNotFound (KeyError)
     │   └── ViewTimeout (TimeoutError)
-    └── BatchFailure                        why one batch failed (the ``reason``)
+    ├── BatchFailure                        why one batch failed (the ``reason``)
         ├── WorkerError                     the batch function raised
         ├── WorkerCrashed                   the worker process died under the batch
         ├── BatchTimeout (TimeoutError)     the batch ran past ``timeout``; its worker was killed
         ├── BadBatchResult (TypeError)      not a list, or the wrong length
         ├── SerializationError (TypeError)  an item or result could not be pickled
         └── PoolDown                        the pool exceeded its restart intensity
+    RemoteTraceback (Exception)             the ``__cause__`` of a WorkerError (and of a
+                                            WorkerCrashed with faulthandler output): its
+                                            str is the text the worker formatted
+
+Printed, a ``DispatchError`` shows its whole chain, as CPython's
+``ProcessPoolExecutor`` does: the worker's traceback (file, line, source)
+as a ``RemoteTraceback``, then the ``WorkerError``, then the
+``DispatchError`` raised in the caller.
 
 A ``BatchFailure`` is what ``DispatchError.reason`` holds, what
 ``meta["error"]`` holds on skipped items, and what ``Route`` handlers get.
@@ -29,6 +37,7 @@ went down, and to every new call on it.
 
 from __future__ import annotations
 
+import signal as _signal
 from typing import Any
 
 
@@ -51,13 +60,26 @@ class BatchFailure(SlitherError):
     retryable: bool = True
 
 
+class RemoteTraceback(Exception):
+    """A traceback formatted in another process, chained as ``__cause__`` so that it
+    prints with the caller's own (``str()`` is the text, as the worker formatted it)."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class WorkerError(BatchFailure):
     """The batch function raised in the worker.
 
     Attributes:
         remote_type: name of the exception type raised remotely.
         remote_message: its ``str()``.
-        remote_traceback: the formatted traceback text from the worker.
+        remote_traceback: the formatted traceback text from the worker (also
+            ``__cause__``, a :class:`RemoteTraceback`, so that it prints).
     """
 
     def __init__(self, remote_type: str, remote_message: str, remote_traceback: str = ""):
@@ -65,21 +87,57 @@ class WorkerError(BatchFailure):
         self.remote_type = remote_type
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
+        if remote_traceback:
+            self.__cause__ = RemoteTraceback(remote_traceback)
 
     def __reduce__(self):
         return (type(self), (self.remote_type, self.remote_message, self.remote_traceback))
 
 
 class WorkerCrashed(BatchFailure):
-    """The worker process died while it held the batch (exit, signal, OOM)."""
+    """The worker process died while it held the batch (exit, signal, OOM).
 
-    def __init__(self, message: str, pid: int | None = None, exitcode: int | None = None):
+    Attributes:
+        pid: the worker's pid.
+        exitcode: as ``multiprocessing`` gives it: the exit code, or minus the
+            signal number for a death by signal; None when it is not known
+            (a worker on another host of a convention).
+        signal: the :class:`signal.Signals` that killed it, or None.
+        fault: what ``faulthandler`` wrote in the worker (every thread's stack
+            at a segfault, abort, ...); also ``__cause__``, so that it prints.
+    """
+
+    def __init__(self, message: str, pid: int | None = None, exitcode: int | None = None, fault: str = ""):
         super().__init__(message)
         self.pid = pid
         self.exitcode = exitcode
+        self.fault = fault
+        if fault:
+            self.__cause__ = RemoteTraceback(fault)
+
+    @property
+    def signal(self) -> _signal.Signals | None:
+        if self.exitcode is None or self.exitcode >= 0:
+            return None
+        try:
+            return _signal.Signals(-self.exitcode)
+        except ValueError:
+            return None
+
+    @staticmethod
+    def how(exitcode: int | None) -> str:
+        """``"was killed by SIGKILL"``, ``"exited with code 3"``: how a process with this exit code ended."""
+        if exitcode is None:
+            return "died (exit status unknown)"
+        if exitcode < 0:
+            try:
+                return f"was killed by {_signal.Signals(-exitcode).name}"
+            except ValueError:
+                return f"was killed by signal {-exitcode}"
+        return f"exited with code {exitcode}"
 
     def __reduce__(self):
-        return (type(self), (str(self), self.pid, self.exitcode))
+        return (type(self), (str(self), self.pid, self.exitcode, self.fault))
 
 
 class BatchTimeout(BatchFailure, TimeoutError):
@@ -93,20 +151,23 @@ class BadBatchResult(BatchFailure, TypeError):
 
 
 class SerializationError(BatchFailure, TypeError):
-    """An item, a function or a result could not be pickled.
+    """An item, a function or a result could not be pickled, or unpickled on the other side.
 
     Attributes:
         item_id: the id of the offending item, when one item is to blame.
+        position: that item's position in the dispatch's input, when known
+            (batches cut by ``FixedBatch``, the default).
     """
 
     retryable = False
 
-    def __init__(self, message: str, item_id: Any = None):
+    def __init__(self, message: str, item_id: Any = None, position: int | None = None):
         super().__init__(message)
         self.item_id = item_id
+        self.position = position
 
     def __reduce__(self):
-        return (type(self), (str(self), self.item_id))
+        return (type(self), (str(self), self.item_id, self.position))
 
 
 class PoolDown(BatchFailure):
@@ -195,6 +256,7 @@ __all__ = [
     "RuntimeNotStarted",
     "BatchFailure",
     "WorkerError",
+    "RemoteTraceback",
     "WorkerCrashed",
     "BatchTimeout",
     "BadBatchResult",

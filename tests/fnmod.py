@@ -19,3 +19,7 @@ def not_a_list(xs):
 
 if os.environ.get("SLITHER_TEST_BROKEN_IMPORT") == "1":  # pragma: no cover
     raise ImportError("fnmod refuses to import")
+
+
+def invert(xs):
+    return [1 / x for x in xs]

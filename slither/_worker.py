@@ -1,0 +1,339 @@
+"""The worker process: how it is started, made ordinary, and its batch loop.
+
+::
+
+    PoolSupervisor ── Worker actor (the nanny: a Thespian actor process)
+                          │ fork, on its main thread
+                          ▼
+                      worker process ── reader thread: frames → inbox
+                          main thread: runs batches in order, replies
+
+The nanny stays a Thespian actor, and is what the pool supervisor restarts.
+The worker it forks is an ordinary Python process: default dispositions for
+the fatal signals (with ``faulthandler`` writing to a pipe the nanny reads),
+Python's own SIGINT handler, batches on its main thread (so ``signal.signal``
+works in user code), and ``logging`` as in any process, its records
+forwarded to the caller (see :class:`_Forward`). When the worker dies the
+nanny reaps it, reports ``("exit", token, pool, index, pid, exitcode,
+faulthandler text)`` to the caller's hub (which names the signal or exit
+code in ``WorkerCrashed``), and exits, so its supervisor restarts it.
+
+Every exception a batch function raises, ``SystemExit`` and
+``KeyboardInterrupt`` included, fails that batch (``WorkerError``) and the
+worker lives on: only a real death of the process is a crash.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import importlib
+import logging
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from slither import _pickle, _wire, telemetry, worker
+from slither._item import Context
+
+_IGNORED_BY_PYTHON = (signal.SIGPIPE, signal.SIGXFSZ)  # what CPython itself ignores at start-up
+
+
+def _ordinary_signals(fault_fd: int | None) -> None:
+    """Undo Thespian's Python-level handlers: a fault kills the process at once."""
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            handler = signal.getsignal(sig)
+        except (ValueError, OSError):
+            continue
+        if callable(handler) or handler is None:
+            try:
+                signal.signal(sig, signal.SIG_IGN if sig in _IGNORED_BY_PYTHON else signal.SIG_DFL)
+            except (OSError, RuntimeError, ValueError):
+                pass
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if fault_fd is not None:
+        # SIGSEGV, SIGFPE, SIGABRT, SIGBUS, SIGILL: dump every thread's stack, then die of the signal.
+        faulthandler.enable(file=fault_fd, all_threads=True)
+
+
+def _die_with(parent: int) -> None:
+    """SIGKILL this process when ``parent`` (the nanny) dies, as a linked Erlang process does."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+class _Forward(logging.Handler):
+    """Sends every record that reaches it to the caller, which handles it under the
+    same logger name (see ``slither._pool``). The record keeps the worker's pid
+    (``record.process``); ``record.processName`` names the pool and worker."""
+
+    def __init__(self, send):
+        super().__init__(logging.NOTSET)
+        self._send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            d = dict(record.__dict__)
+            d["msg"] = record.getMessage()
+            d["args"] = None
+            if record.exc_info:
+                d["exc_text"] = logging.Formatter().formatException(record.exc_info)
+            d["exc_info"] = None
+            d["processName"] = f"slither-worker:{worker._info.get('pool')}:{worker._info.get('index')}"
+            self._send(("log", d))
+        except Exception:  # noqa: BLE001 - a log line must never fail a batch
+            self.handleError(record)
+
+
+def _ordinary_logging(send) -> None:
+    """Give this process the caller's logging tree back (Thespian replaced the root with
+    its forwarder, which refuses handlers), with the caller's levels as they were when
+    the runtime started, and every record sent to the caller instead of the caller's
+    handlers (which would write to the caller's files and terminal a second time)."""
+    from slither import _thespian
+
+    root, manager = _thespian.CALLER_LOGGING
+    logging.root = logging.Logger.root = root
+    logging.Logger.manager = manager
+    forward = _Forward(send)
+    for lg in [root, *(v for v in list(manager.loggerDict.values()) if isinstance(v, logging.Logger))]:
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        if lg is root or not lg.propagate:
+            lg.addHandler(forward)
+
+
+# -- batches -------------------------------------------------------------------
+
+_fn_cache: dict[Any, Any] = {}
+_blobs: dict[Any, bytes] = {}
+
+
+def resolve(spec: str):
+    """Import ``"package.module:function"`` (the function may be dotted)."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(f"fn must be 'module:function' or a callable, got {spec!r}")
+    mod_name, _, attr = spec.partition(":")
+    obj = importlib.import_module(mod_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{spec!r} is not callable")
+    return obj
+
+
+def _load_fn(key, blob):
+    fn = _fn_cache.get(key)
+    if fn is None:
+        fn = resolve(key[1]) if key[0] == "name" else cloudpickle.loads(blob)
+        _fn_cache[key] = fn
+    return fn
+
+
+_contexts: dict[bytes, Context] = {}  # pickled Context -> Context: a dispatch sends the same one with every batch
+
+
+def _context_of(blob: bytes) -> Context:
+    ctx = _contexts.get(blob)
+    if ctx is None:
+        if len(_contexts) >= 64:
+            _contexts.clear()
+        ctx = _contexts[blob] = pickle.loads(blob)
+    return ctx
+
+
+def _error_reply(ref, exc: BaseException) -> tuple:
+    try:
+        message = str(exc)
+        if isinstance(exc, MemoryError) and not message:
+            limit = worker._info.get("max_memory")
+            message = f"out of memory (max_memory={limit} bytes beyond the worker's start)" if limit else "out of memory"
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:  # start at the user's frames
+            tb = tb.tb_next
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        return ("err", ref, type(exc).__name__, message, text)
+    except MemoryError:  # the frames still hold what exhausted memory: say less
+        return ("err", ref, type(exc).__name__, "out of memory", "")
+
+
+def _reply_chunks(reply) -> list:
+    """The reply's frame; by value when the C pickler cannot (a class only this worker has)."""
+    try:
+        return _wire.dumps(reply)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        return _wire.dumps(reply, by_value=True)
+    except Exception as exc:  # noqa: BLE001
+        return _wire.dumps(("ser", reply[1], f"result could not be pickled: {type(exc).__name__}: {exc}"))
+
+
+def _run_one(msg, send) -> None:
+    """msg = ("batch", ref, fn_key, payloads, pickled Context)."""
+    _, ref, fn_key, payloads, ctx_blob = msg
+    try:
+        try:
+            worker._current = _context_of(ctx_blob)  # its metadata may hold objects this worker cannot import
+            fn = _load_fn(fn_key, _blobs.get(fn_key))
+            results = fn(payloads)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too: the batch fails, not the worker
+            reply = _error_reply(ref, exc)
+        else:
+            if not isinstance(results, list):
+                reply = ("bad", ref, f"batch function returned {type(results).__name__}, expected a list")
+            elif len(results) != len(payloads):
+                reply = ("bad", ref, f"batch function returned {len(results)} results for {len(payloads)} items")
+            else:
+                reply = ("ok", ref, results)
+        send(_reply_chunks(reply))
+        worker._info["batches"] = worker._info.get("batches", 0) + 1
+    finally:
+        worker._current = None
+
+
+def _unloadable(failed: _wire.UnpicklingFailed):
+    """What to answer for a frame this worker could not unpickle: the batch fails
+    (naming the items) and the worker lives on. None when not even its ref can be read."""
+    try:
+        msg = _pickle.loads_tolerant(failed.main, failed.buffers)
+    except Exception:  # noqa: BLE001
+        return None
+    if not isinstance(msg, tuple) or not msg or msg[0] not in ("batch", "probe"):
+        return None
+    positions = _pickle.find_unloadable(msg[3]) if msg[0] == "batch" and isinstance(msg[3], list) else []
+    return ("unloadable", msg[1], positions, str(failed))
+
+
+def _run_probe(msg, send) -> None:
+    _, ref, fn_key = msg
+    try:
+        reply = ("ok", ref, [_load_fn(fn_key, _blobs.get(fn_key))()])
+    except Exception as exc:  # noqa: BLE001
+        reply = _error_reply(ref, exc)
+    send(_reply_chunks(reply))
+
+
+def serve(
+    hub_path: str,
+    token: str,
+    pool: str,
+    index: int,
+    rlimit_as: int | None,
+    in_process: bool = False,
+    hub_tcp: tuple | None = None,
+    leader_node: str = "",
+) -> None:
+    """Connect to the caller's hub and run batches until the connection closes."""
+    if rlimit_as:
+        import resource
+
+        # Address space inherited by fork (thread stacks, malloc arenas of the caller)
+        # can already be large: the limit is what the worker may add on top of it.
+        limit = _vm_size() + rlimit_as
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    from slither import _store as store
+    from slither import cluster
+    from slither.supervision import node_key
+
+    remote = hub_tcp is not None and (cluster._force_network or node_key() != leader_node)
+    if remote:
+        sock = cluster.connect(tuple(hub_tcp), cluster._secret)  # a member's worker: the network path
+        token = ""  # the handshake authenticated us; the token is for the leader's Unix sockets only
+    else:
+        sock = _wire.connect(hub_path, timeout=10)
+    lock = threading.Lock()
+
+    def send(chunks) -> None:
+        with lock:
+            _wire.send_chunks(sock, chunks)
+
+    _wire.send(sock, ("worker", token, pool, index, os.getpid()))
+    _, sys_path, cwd, store_paths = _wire.recv(sock)  # ("init", sys_path, cwd, store_paths)
+    sys.path[:] = list(sys_path) + [p for p in sys.path if p not in sys_path]
+    try:
+        os.chdir(cwd)
+    except OSError:
+        pass
+    store._on_member = remote  # stores: this node's replicas, writes over TCP to the leader
+    store._register_paths(store_paths)
+    worker._info.update(pool=pool, index=index, pid=os.getpid(), batches=0, in_process=in_process, max_memory=rlimit_as)
+    if not in_process:
+        telemetry._forward = lambda event, measurements, metadata: send(_wire.dumps(("event", event, measurements, metadata)))
+        _ordinary_logging(lambda msg: send(_wire.dumps(msg)))
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def reader():
+        recv = _wire.Reader(sock).recv
+        try:
+            while True:
+                try:
+                    inbox.put(recv())
+                except _wire.UnpicklingFailed as failed:
+                    answer = _unloadable(failed)
+                    if answer is None:
+                        raise
+                    inbox.put(answer)  # answered in turn by the main thread: replies keep the batches' order
+        except BaseException:  # noqa: BLE001 - EOF, or e.g. MemoryError while a batch hogs memory
+            # Without its reader this worker could never get work again: end it, so the
+            # caller sees a crash and the supervisor starts a fresh one.
+            os._exit(0) if not in_process else inbox.put(None)
+
+    threading.Thread(target=reader, name="slither-worker-reader", daemon=True).start()
+    while True:
+        msg = inbox.get()
+        if msg is None:
+            if in_process:
+                return
+            os._exit(0)  # the caller went away: nothing left to serve
+        kind = msg[0]
+        if kind == "batch":
+            _run_one(msg, send)
+        elif kind == "fn":
+            _blobs[msg[1]] = msg[2]
+        elif kind == "probe":
+            # ("probe", ref, fn_key): run fn with no payloads, outside a batch, on this worker.
+            _run_probe(msg, send)
+        elif kind == "stores":
+            store._register_paths(msg[1])
+        elif kind == "unloadable":
+            send(_wire.dumps(msg))
+
+
+def run_forked(init, nanny_pid: int, fault_fd: int | None) -> None:
+    """The body of a forked worker process (see the module docstring). Never returns."""
+    code = 0
+    try:
+        _die_with(nanny_pid)
+        _ordinary_signals(fault_fd)
+        serve(init.hub_path, init.token, init.pool, init.index, init.rlimit_as, hub_tcp=init.hub_tcp, leader_node=init.leader_node)
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+        code = 70
+    finally:
+        os._exit(code)
+
+
+def _vm_size() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
