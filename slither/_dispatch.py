@@ -28,9 +28,11 @@ Tunables and their trade-offs:
 from __future__ import annotations
 
 import collections
+import difflib
 import hashlib
 import heapq
 import importlib.util
+import inspect
 import itertools
 import pickle
 import queue
@@ -245,6 +247,41 @@ ORDERINGS = ("preserve", "as_completed")
 AFFINITIES = ("none", "session")
 
 
+def _positive_int(where: str, name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigurationError(f"{where}: {name} must be a positive int, got {value!r}")
+
+
+def check_options(
+    where: str,
+    *,
+    pool: str = "default",
+    strategy=None,
+    batch_size: int = 64,
+    max_in_flight: int = 8,
+    ordering: str = "preserve",
+    timeout: float | None = None,
+    affinity: str = "none",
+) -> None:
+    """Check dispatch options (also a pool stage's, when its Pipe class is created).
+
+    Raises:
+        ConfigurationError: naming ``where``, the option and what it got.
+    """
+    if not isinstance(pool, str) or not pool:
+        raise ConfigurationError(f"{where}: pool must be a pool name, got {pool!r}")
+    if strategy is not None and not hasattr(strategy, "batches"):
+        raise ConfigurationError(f"{where}: strategy must be an object with batches(items), got {strategy!r}")
+    _positive_int(where, "batch_size", batch_size)
+    _positive_int(where, "max_in_flight", max_in_flight)
+    if ordering not in ORDERINGS:
+        raise ConfigurationError(f"{where}: ordering must be one of {ORDERINGS}, got {ordering!r}")
+    if timeout is not None:
+        _check_positive(where, "timeout", timeout)
+    if affinity not in AFFINITIES:
+        raise ConfigurationError(f"{where}: affinity must be one of {AFFINITIES}, got {affinity!r}")
+
+
 def _resolve_fn(fn) -> tuple[Any, bytes | None]:
     if isinstance(fn, str):
         mod, sep, attr = fn.partition(":")
@@ -256,6 +293,7 @@ def _resolve_fn(fn) -> tuple[Any, bytes | None]:
             raise ConfigurationError(f"fn {fn!r}: module {mod!r} cannot be found: {exc}") from exc
         if found is None:
             raise ConfigurationError(f"fn {fn!r}: no module named {mod!r} on sys.path")
+        _check_named(fn, mod, attr)
         return ("name", fn), None
     if callable(fn):
         try:
@@ -264,6 +302,29 @@ def _resolve_fn(fn) -> tuple[Any, bytes | None]:
             raise SerializationError(f"fn {fn!r} could not be pickled: {type(exc).__name__}: {exc}") from exc
         return ("pickled", hashlib.blake2b(blob, digest_size=16).hexdigest()), blob
     raise ConfigurationError(f"fn: expected 'module:function' or a callable, got {fn!r}")
+
+
+_checked_names: set[str] = set()
+
+
+def _check_named(fn: str, mod: str, attr: str) -> None:
+    """Import ``mod`` here once and check that it has a callable ``attr`` (dotted), so a
+    misspelt function fails before any work, as a missing module does. A module that
+    fails to import here is left to the worker, whose error says why."""
+    if fn in _checked_names:
+        return
+    try:
+        obj = importlib.import_module(mod)
+    except Exception:  # noqa: BLE001
+        return
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigurationError(f"fn {fn!r}: module {mod!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise ConfigurationError(f"fn {fn!r}: {attr!r} of module {mod!r} is not callable (it is {type(obj).__name__})")
+    _checked_names.add(fn)
 
 
 class _Batch:
@@ -322,28 +383,28 @@ class _Dispatch:
         max_in_flight: int = 8,
         ordering: str = "preserve",
         on_error="halt",
-        timeout: float | None = 30.0,
+        timeout: float | None = None,
         context: Context | None = None,
         affinity: str = "none",
         executor=None,
         progress: bool | None = None,
         total: int | None = None,
     ):
+        check_options(
+            "dispatch",
+            pool=pool,
+            strategy=strategy,
+            batch_size=batch_size,
+            max_in_flight=max_in_flight,
+            ordering=ordering,
+            timeout=timeout,
+            affinity=affinity,
+        )
         if strategy is None:
             strategy = FixedBatch(batch_size)
-        elif not hasattr(strategy, "batches"):
-            raise ConfigurationError(f"strategy: expected an object with batches(items), got {strategy!r}")
-        if not isinstance(max_in_flight, int) or isinstance(max_in_flight, bool) or max_in_flight < 1:
-            raise ConfigurationError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
-        if ordering not in ORDERINGS:
-            raise ConfigurationError(f"ordering must be one of {ORDERINGS}, got {ordering!r}")
         check_policy(on_error)
         if isinstance(on_error, Route) and not callable(on_error.fn):
             raise ConfigurationError("on_error=Route(...) in a dispatch needs a callable fn(item, reason) -> Item")
-        if timeout is not None:
-            _check_positive("dispatch", "timeout", timeout)
-        if affinity not in AFFINITIES:
-            raise ConfigurationError(f"affinity must be one of {AFFINITIES}, got {affinity!r}")
         if context is not None and not isinstance(context, Context):
             raise ConfigurationError(f"context must be a slither.Context, got {type(context).__name__}")
         if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
@@ -377,8 +438,10 @@ class _Dispatch:
         self.by_value = False  # once a batch needed cloudpickle, the rest of the dispatch uses it
         self.session = self.ctx.session_id if affinity == "session" else None
         self.progress = progress
-        self.total = total
+        self.total = total if total is not None or not hasattr(items, "__len__") else len(items)
         self.in_flight = 0
+        self.cancelled = False
+        self._q: queue.SimpleQueue | None = None  # the queue __iter__ waits on (cancel() wakes it)
         self.allow_idle = False  # pipe stages set it: their strategy may yield None for "no input yet"
 
     # ---------------------------------------------------------------
@@ -557,9 +620,23 @@ class _Dispatch:
             return out
         raise DispatchError(exc, batch_ref=b.seq, partial_results=None) from exc
 
+    def cancel(self) -> None:
+        """Stop this dispatch from any thread: nothing more is taken from the input or
+        handed out, queued batches are dropped and the workers running its batches are
+        killed (and replaced), as Ctrl-C does."""
+        self.cancelled = True
+        if self.pool is not None:
+            self.pool.cancel(self, kill_running=True)
+        q = self._q
+        if q is not None:
+            q.put(_CANCELLED)
+            if self.pool is not None:
+                self.pool._wake()  # a thread reading the pool's sockets looks at its queue
+
     def __iter__(self) -> Iterator[list[Item]]:
         """Yield each batch's result Items (a list per batch), as the ordering allows."""
         q: queue.SimpleQueue = queue.SimpleQueue()
+        self._q = q
         if type(self.strategy) is FixedBatch:
             batches = self._fixed_batches(self.strategy.size)
         else:
@@ -576,13 +653,13 @@ class _Dispatch:
         taken = 0
         bar = _progress(self.progress, self.total)
         try:
-            while True:
+            while not self.cancelled:
                 if preserve:
                     while next_out in ready:
                         out = ready.pop(next_out)
                         next_out += 1
                         window -= 1
-                        if bar:
+                        if bar is not None:
                             bar.update(len(out))
                         yield out
                 idle = False
@@ -630,7 +707,7 @@ class _Dispatch:
                 while retries and retries[0][0] <= now:
                     _, _, rb = heapq.heappop(retries)
                     self._submit(rb, q)
-                if msg is None:
+                if msg is None or msg is _CANCELLED or self.cancelled:
                     continue
                 b, result, error, pid = msg
                 if error is not None and getattr(error, "unloadable", None) is not None:
@@ -651,24 +728,26 @@ class _Dispatch:
                     ready[b.seq] = out
                 else:
                     window -= 1
-                    if bar:
+                    if bar is not None:
                         bar.update(len(out))
                     yield out
         except (KeyboardInterrupt, SystemExit):
             interrupted = True
             raise
         finally:
-            if bar:
+            if bar is not None:
                 bar.close()
             if self.pool is not None:
                 self.pool.cancel(self, kill_running=interrupted)
 
 
+_CANCELLED = object()  # put on a dispatch's queue by cancel()
+
+
 def _progress(progress, total):
+    """A tqdm bar on stderr, or None: of ``total`` items, or with no end shown when it is None."""
     import sys
 
-    if progress is None:
-        return None
     if not progress:
         return None
     try:
@@ -679,6 +758,19 @@ def _progress(progress, total):
 
 
 # -- public functions -----------------------------------------------------------
+
+_OPTIONS = frozenset(inspect.signature(_Dispatch.__init__).parameters) - {"self", "items", "fn"}
+
+
+def _known(name: str, opts: dict) -> dict:
+    """``opts``, once every key is an option of ``name`` (the error names the caller's function, not ours)."""
+    for key in opts:
+        if key not in _OPTIONS:
+            close = difflib.get_close_matches(key, _OPTIONS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; the options are {sorted(_OPTIONS - {'runtime'})}"
+            raise TypeError(f"{name}() got an unexpected keyword argument {key!r}{hint}")
+    return opts
+
 
 
 def dispatch(items: Iterable, fn=None, **opts) -> list[Item]:
@@ -700,7 +792,7 @@ def dispatch(items: Iterable, fn=None, **opts) -> list[Item]:
 
     Runs in the calling thread; batches run in worker processes.
     """
-    run = _Dispatch(items, fn, **opts)
+    run = _Dispatch(items, fn, **_known("dispatch", opts))
     got: list[Item] = []
     try:
         for batch in run:
@@ -712,18 +804,20 @@ def dispatch(items: Iterable, fn=None, **opts) -> list[Item]:
 
 
 class _Stream:
-    """What :func:`dispatch_stream` returns: an iterator of Items, and ``close()``.
+    """What :func:`dispatch_stream` returns: an iterator of Items, ``close()`` and ``cancel()``.
 
     Iterating it runs through each batch's Items at C speed (a ``chain`` over
     the batches), where a generator would resume once per item. ``close()``
     stops at once, as closing a generator would: the dispatch ends (batches
     not started are dropped) and no further item is handed out, even to a
-    loop already inside a batch.
+    loop already inside a batch. ``close()`` belongs to the iterating thread;
+    ``cancel()`` may come from any thread.
     """
 
-    __slots__ = ("_batches", "_items", "_current")
+    __slots__ = ("_run", "_batches", "_items", "_current")
 
     def __init__(self, run: _Dispatch):
+        self._run = run
         self._batches = iter(run)
         self._current: list = [iter(())]  # the iterator over the batch being handed out (a holder: no cycle via self)
         self._items = itertools.chain.from_iterable(_noting(self._batches, self._current))
@@ -735,9 +829,19 @@ class _Stream:
         return next(self._items)
 
     def close(self) -> None:
-        """Stop the dispatch; nothing more is handed out."""
+        """Stop the dispatch; nothing more is handed out (from the iterating thread)."""
         self._batches.close()
         collections.deque(self._current[0], maxlen=0)  # the chain's iterator over this batch is spent
+
+    def cancel(self) -> None:
+        """Stop the dispatch from any thread, killing the workers running its batches
+        (they are replaced); the iterating thread's loop ends at its next item."""
+        self._run.cancel()
+        collections.deque(self._current[0], maxlen=0)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._run.cancelled
 
 
 def _noting(batches, holder: list):
@@ -754,7 +858,7 @@ def dispatch_stream(items: Iterable, fn=None, **opts) -> Iterator[Item]:
     ahead of what the caller has taken. Options are validated now, before
     the first ``next()``. ``close()`` on the returned iterator stops early.
     """
-    return _Stream(_Dispatch(items, fn, **opts))
+    return _Stream(_Dispatch(items, fn, **_known("dispatch_stream", opts)))
 
 
 def call_batch(batch: Iterable, fn=None, **opts) -> list[Item]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -185,6 +185,7 @@ class _Run:
         self.stats = {st.name: {"in": 0, "out": 0, "skipped": 0, "routed": 0, "seconds": 0.0} for st in pipe.stages}
         self.threads: list[threading.Thread] = []
         self._err_lock = threading.Lock()
+        self.fanout: Callable[[int, int], None] | None = None  # (input seq, results - 1) at a cardinality="many" stage
 
     # -- plumbing ------------------------------------------------------
     def put(self, q: queue.Queue, msg) -> bool:
@@ -381,6 +382,8 @@ class _Run:
                 )
                 return
             seq = item.meta.get(_SEQ, ())
+            if self.fanout is not None and seq:
+                self.fanout(seq[0], len(res) - 1)  # a long-lived pipe's slots count inputs, not results
             for k, p in enumerate(res):
                 fwd.append(Item.wrap(p).put_meta({**item.meta, _SEQ: seq + (k,)}))
         else:
@@ -712,7 +715,9 @@ class PipeHandle:
         self._submitted = 0
         self._completed = 0
         self._seq = 0
+        self._outstanding: dict[int, int] = {}  # input seq -> its results not yet taken
         self._chunk: list = []
+        self._run.fanout = self._fanout
         self._run.start(None)
         self._pump = threading.Thread(target=self._collect, name=f"slither-pipe-{pipe.pipe_name}-results", daemon=True)
         self._pump.start()
@@ -720,9 +725,9 @@ class PipeHandle:
     def _collect(self) -> None:
         try:
             for name, item in _collect(self._run):
+                seq = item.meta.get(_SEQ, (None,))[0]
                 with self._cv:
-                    self._results.append((name, _strip(item)))
-                    self._completed += 1
+                    self._results.append((name, _strip(item), seq))
                     self._cv.notify_all()
             final = "stopped"
         except PipeError:
@@ -759,6 +764,7 @@ class PipeHandle:
             seq = self._seq
             self._seq += 1
             self._submitted += 1
+            self._outstanding[seq] = 1
         tagged = item.put_meta({_SEQ: (seq,)})
         if not self._run.put(self._run.inboxes[0], [tagged]):
             self._raise_state()
@@ -782,13 +788,35 @@ class PipeHandle:
                 if not ok:
                     raise TimeoutError(f"no result from pipe {self.pipe.pipe_name!r} within {timeout}s")
                 if self._results:
-                    out = self._results.pop(0)
+                    name, item, seq = self._results.pop(0)
                 elif self._state == "failed":
                     raise self._run.error
                 else:
                     return
-            self._slots.release()
-            yield out
+            self._taken(seq, 1)
+            yield name, item
+
+    def _fanout(self, seq: int, extra: int) -> None:
+        """Input ``seq`` became ``extra + 1`` items at a ``cardinality="many"`` stage."""
+        if extra > 0:
+            with self._lock:
+                if seq in self._outstanding:
+                    self._outstanding[seq] += extra
+        elif extra < 0:
+            self._taken(seq, -extra)  # no result at all: the input is done
+
+    def _taken(self, seq, n: int) -> None:
+        """``n`` results of input ``seq`` are out: free its slot once they all are."""
+        with self._lock:
+            left = self._outstanding.get(seq)
+            if left is None:
+                return
+            if left > n:
+                self._outstanding[seq] = left - n
+                return
+            del self._outstanding[seq]
+            self._completed += 1
+        self._slots.release()
 
     def stop(self, drain: bool = True, timeout: float | None = 60.0) -> None:
         """Stop the pipe: with ``drain``, finish everything submitted first."""
@@ -807,7 +835,8 @@ class PipeHandle:
             self._rt._pipes.remove(self)
 
     def status(self) -> dict:
-        """``{"state", "submitted", "completed", "pending", "stages"}``."""
+        """``{"state", "submitted", "completed", "pending", "stages", "error"}``: ``completed``
+        counts inputs all of whose results were taken, ``pending`` the others."""
         with self._lock:
             return {
                 "state": self._state,

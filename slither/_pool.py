@@ -71,7 +71,6 @@ class Task:
         "owner",
         "deadline",
         "timed_out",
-        "killed",
         "meta",
         "pinned",
     )
@@ -87,7 +86,6 @@ class Task:
         self.owner = owner
         self.deadline = None
         self.timed_out = False
-        self.killed = False
         self.meta = meta
         self.pinned = None  # a worker index this task must run on (probes)
 
@@ -368,9 +366,9 @@ class Pool:
             self.pending = deque(t for t in self.pending if t.owner is not owner)
             for conn in self.workers.values():
                 conn.private = deque(t for t in conn.private if t.owner is not owner)
+            for conn in list(self.workers.values()):
                 if kill_running and conn.inflight and conn.inflight[0].owner is owner:
-                    conn.inflight[0].killed = True
-                    _kill_conn(conn)
+                    self._doom(conn)
 
     # -- connections ---------------------------------------------------
     def attach(self, conn: WorkerConn) -> None:
@@ -778,6 +776,17 @@ class Pool:
                 t.callback(t, None, self._pool_down(), None)
         self._wake()  # a thread reading in wait() sees its queue
 
+    def _doom(self, conn: WorkerConn) -> None:
+        """Kill ``conn``'s worker and give it no more tasks meanwhile (holds self.lock): its
+        EOF, read later, fails its head task and puts the others back in the queue."""
+        if self.workers.get(conn.index) is conn:
+            del self.workers[conn.index]
+            self._workers_gen += 1
+        for sess in conn.sessions:
+            if self.sessions.get(sess) == conn.index:
+                del self.sessions[sess]
+        _kill_conn(conn)
+
     def _take_awaiting(self) -> list[Task]:
         """Every task waiting for a nanny's report, taken (holds self.lock)."""
         tasks = [t for _, ts in self._awaiting.values() for t in ts]
@@ -838,12 +847,12 @@ class Pool:
             while not self.closed:
                 now = time.monotonic()
                 nxt = now + 0.25
-                for conn in self.workers.values():
+                for conn in list(self.workers.values()):
                     head = conn.inflight[0] if conn.inflight else None
                     if head is not None and head.deadline is not None and not head.timed_out:
                         if head.deadline <= now:
                             head.timed_out = True
-                            _kill_conn(conn)
+                            self._doom(conn)
                         else:
                             nxt = min(nxt, head.deadline)
                 late = [pid for pid, (deadline, _) in self._awaiting.items() if deadline <= now]

@@ -22,6 +22,7 @@ root supervisor kills the whole tree if the caller dies without it.
 from __future__ import annotations
 
 import atexit
+import contextvars
 import os
 import secrets
 import shutil
@@ -224,6 +225,7 @@ class Runtime:
         self._store_sup = None
         self._pipes: list = []
         self._state = "new"
+        self._entered: list = []  # contextvars tokens of the with-blocks this runtime is current in
         self.token = secrets.token_hex(16)
 
     # -- lifecycle -----------------------------------------------------
@@ -233,9 +235,15 @@ class Runtime:
 
     def __enter__(self) -> Runtime:
         self.start()
+        self._entered.append(_current.set(self))
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._entered:
+            try:
+                _current.reset(self._entered.pop())
+            except ValueError:  # left in another context than it was entered in
+                _current.set(None)
         self.shutdown()
 
     def start(self) -> Runtime:
@@ -284,7 +292,10 @@ class Runtime:
             self._capabilities = {k: v for k, v in caps.items() if k != "Admin Port"}
         else:
             caps = {"Admin Port": _free_port()}
-        self._asys = ActorSystem(self.base, caps, logDefs=_thespian.QUIET_LOGDEFS, transientUnique=True)
+        # simpleSystemBase runs in this process: any logDefs would be applied to the caller's
+        # own logging (its root set to CRITICAL, its handlers removed); False skips them there.
+        log_defs = False if self.base == "simpleSystemBase" else _thespian.QUIET_LOGDEFS
+        self._asys = ActorSystem(self.base, caps, logDefs=log_defs, transientUnique=True)
         self._hub = Hub(os.path.join(self._dir, "hub.sock"), self.token, self._store_paths)
         if conv is not None and conv.join:
             self._replicas.start()  # threads only after Thespian forked its admin from this process
@@ -523,8 +534,11 @@ class Runtime:
         _live.discard(self)
 
     def _require(self) -> None:
-        if self._state != "running":
-            raise RuntimeNotStarted(f"the runtime is {self._state}; call start() first")
+        if self._state == "running":
+            return
+        if self._state == "new":
+            raise RuntimeNotStarted("the runtime is not started; call start() first, or use it as a context manager")
+        raise RuntimeNotStarted(f"the runtime is {self._state}: it was shut down and cannot restart; create a new Runtime")
 
     # -- introspection -------------------------------------------------
     def pool(self, name: str = "default") -> Pool:
@@ -595,6 +609,7 @@ class Runtime:
 
 # -- the process-wide default runtime -----------------------------------------
 _default: Runtime | None = None
+_current: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar("slither_runtime", default=None)
 _default_lock = threading.Lock()
 
 
@@ -624,10 +639,32 @@ def shutdown() -> None:
 
 
 def runtime() -> Runtime:
-    """The default runtime, started with defaults on first use."""
+    """The runtime the top-level functions use: the one of the innermost
+    ``with Runtime(...)`` block of this thread (a context variable, as
+    ``decimal.localcontext`` is), else the process-wide default, started with
+    defaults on first use.
+
+    Raises:
+        RuntimeError: called inside a pool worker with no runtime of its own (a
+            batch function calling ``slither.dispatch``): a worker never starts a
+            hidden runtime.
+    """
     global _default
+    current = _current.get()
+    if current is not None and current.running:
+        return current
     with _default_lock:
         if _default is None or not _default.running:
+            from slither import worker
+
+            info = worker._info
+            if info.get("pool") is not None and not info.get("in_process"):
+                raise RuntimeError(
+                    f"slither's top-level functions were called inside worker {info.get('index')} of pool "
+                    f"{info.get('pool')!r} (pid {info.get('pid')}), which has no runtime of its own. A worker does not "
+                    "start a hidden one: return the work to the caller and dispatch it there (or pass a pipe stage), "
+                    "or start a Runtime explicitly in the worker if you really want a pool of its own."
+                )
             _default = Runtime()
             _default.start()
         return _default

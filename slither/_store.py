@@ -890,13 +890,14 @@ class _Server:
                 txn.drop(db, delete=False)
                 txn.delete(b"seq:" + t.encode(), db=self.meta)
             writers = {t: _TableWriter(self, txn, t) for t in self.tables}
+            had_data = txn.get(b"loaded", db=self.meta) is not None
             try:
                 self.cls().load(writers)
             except Exception as exc:
                 txn.abort()
+                kept = "the old data is kept" if had_data else "the store stays empty (it had no data yet)"
                 raise StoreError(
-                    f"store {self.init.name!r}: load raised {type(exc).__name__}: {exc}; the old data is kept\n"
-                    + traceback.format_exc()
+                    f"store {self.init.name!r}: load raised {type(exc).__name__}: {exc}; {kept}\n" + traceback.format_exc()
                 ) from exc
             version = int(txn.get(b"version", db=self.meta) or 0) + 1
             txn.put(b"version", str(version).encode(), db=self.meta)

@@ -24,6 +24,7 @@ import pickle
 import secrets
 from datetime import timedelta
 
+import thespian as _thespian_pkg
 from thespian.system.admin import convention as _convention
 from thespian.system.transport import IPBase
 from thespian.system.transport import TCPTransport as _tcp
@@ -35,6 +36,21 @@ LOOPBACK = "127.0.0.1"
 # manager in every actor process it starts; a worker (see slither._worker) puts these
 # back, and so has the caller's loggers and levels as they were when the runtime started.
 CALLER_LOGGING = (logging.root, logging.Logger.manager)
+
+
+class _NotThespians(logging.Filter):
+    """Drops the records Thespian's own modules log on the root logger. Its admin
+    process, forked from the caller, logs lines such as "++++ Actor System gen ...
+    started" with ``logging.info``, through the caller's own root handlers."""
+
+    _where = os.path.dirname(_thespian_pkg.__file__) + os.sep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.pathname.startswith(self._where)
+
+
+if not any(isinstance(f, _NotThespians) for f in logging.root.filters):
+    logging.root.addFilter(_NotThespians())
 
 # Thespian advertises THESPIAN_BASE_IPADDR (otherwise it probes for an
 # external address). Bound to loopback, it must also advertise loopback, or no

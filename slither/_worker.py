@@ -63,6 +63,9 @@ def _ordinary_signals(fault_fd: int | None) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if fault_fd is not None:
         # SIGSEGV, SIGFPE, SIGABRT, SIGBUS, SIGILL: dump every thread's stack, then die of the signal.
+        # disable() first: enabled in the caller (pytest does), the state is inherited, and enable()
+        # alone would not install its handlers again over the ones reset above.
+        faulthandler.disable()
         faulthandler.enable(file=fault_fd, all_threads=True)
 
 

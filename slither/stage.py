@@ -19,7 +19,8 @@ from typing import Any
 
 import attrs
 
-from slither.errors import PipeDefinitionError
+from slither._dispatch import check_options
+from slither.errors import ConfigurationError, PipeDefinitionError
 
 KINDS = ("inline", "pool", "router")
 
@@ -94,6 +95,10 @@ def pool(name: str, fn: Any = None, **options) -> StageSpec:
         raise PipeDefinitionError(
             f"stage {name!r}: unknown pool stage options {sorted(unknown)}; allowed: {sorted(_POOL_OPTIONS)}"
         )
+    try:
+        check_options(f"stage {name!r}", **{"batch_size": 32, "max_in_flight": 4, **options})
+    except ConfigurationError as exc:
+        raise PipeDefinitionError(str(exc)) from None
     return StageSpec(name, "pool", fn=fn, options=dict(options))
 
 

@@ -140,10 +140,11 @@ def test_unknown_module_fails_before_work(rt):
         rt.dispatch([1], "fnmod")
 
 
-def test_missing_function_and_broken_import_are_worker_errors(rt):
-    with pytest.raises(DispatchError) as ei:
+def test_missing_function_is_caught_up_front_and_a_broken_import_is_a_worker_error(rt):
+    with pytest.raises(slither.ConfigurationError, match="module 'fnmod' has no attribute 'nope'"):
         rt.dispatch([1], "fnmod:nope")
-    assert ei.value.reason.remote_type == "AttributeError"
+    with pytest.raises(slither.ConfigurationError, match="module 'os' has no attribute 'nosuchfn'"):
+        rt.dispatch([1], "os:nosuchfn")
     with pytest.raises(DispatchError) as ei:
         rt.dispatch([1], "brokenmod:fn")
     assert "brokenmod fails on import" in str(ei.value)

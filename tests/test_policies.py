@@ -121,8 +121,8 @@ def test_retry_then_skip_inline():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"batch_size": 0}, "FixedBatch: size"),
-        ({"batch_size": -3}, "FixedBatch: size"),
+        ({"batch_size": 0}, "batch_size must be a positive int, got 0"),
+        ({"batch_size": -3}, "batch_size must be a positive int, got -3"),
         ({"max_in_flight": 0}, "max_in_flight"),
         ({"ordering": "random"}, "ordering"),
         ({"on_error": "ignore"}, "on_error"),
