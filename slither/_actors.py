@@ -25,11 +25,10 @@ import attrs
 from thespian.actors import ActorExitRequest, WakeupMessage
 
 from slither import _wire, _worker
-from slither.supervision import SupervisedActor, Supervisor, node_key, offers, pid_alive
+from slither._sys import cheap_repr, node_key, pid_alive
+from slither.supervision import SupervisedActor, Supervisor, offers
 
-
-def _cheap_repr(self) -> str:
-    return f"<{type(self).__name__}>"
+_cheap_repr = cheap_repr
 
 
 @attrs.frozen(repr=False)

@@ -772,7 +772,6 @@ def _known(name: str, opts: dict) -> dict:
     return opts
 
 
-
 def dispatch(items: Iterable, fn=None, **opts) -> list[Item]:
     """Run ``fn`` over ``items`` in batches on a worker pool; return every item.
 

@@ -565,7 +565,9 @@ class Pool:
         except Exception:  # noqa: BLE001
             kind, ref = None, None
         if kind not in ("ok", "err", "bad", "ser", "unloadable"):
-            logger.warning("pool {!r}: dropped a frame from worker {} that cannot be unpickled here: {}", self.name, conn.pid, failed)
+            logger.warning(
+                "pool {!r}: dropped a frame from worker {} that cannot be unpickled here: {}", self.name, conn.pid, failed
+            )
             return
         why = f"the batch's result could not be unpickled in the caller: {failed}"
         self._complete(conn, ("ser", ref, why), touched)

@@ -29,13 +29,13 @@ import os
 import secrets
 import shutil
 import socket
-import tempfile
 import threading
 
 import lmdb
 from loguru import logger
 
 from slither import _wire
+from slither._sys import private_dir, serve_forever
 from slither.errors import StoreError
 
 MAP_SIZE = 1 << 36
@@ -136,9 +136,7 @@ class ReplicaService:
     """Runs in the ``slither node`` process: keeps one replica per leader store."""
 
     def __init__(self, secret: bytes, base: str | None = None):
-        if base is None:
-            base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        self.dir = tempfile.mkdtemp(prefix="slither-node-", dir=base)  # 0700
+        self.dir = private_dir("slither-node-", base)
         self.secret = secret
         self.sock_path = os.path.join(self.dir, "replicas.sock")
         self.closed = threading.Event()
@@ -148,17 +146,14 @@ class ReplicaService:
 
     def start(self) -> None:
         """Accept this node's workers asking for replicas (after Thespian forked its admin)."""
-        threading.Thread(target=self._accept, name="slither-replicas", daemon=True).start()
+        threading.Thread(
+            target=serve_forever,
+            args=(self._srv, self._serve, "slither-replica", self.closed.is_set),
+            name="slither-replicas",
+            daemon=True,
+        ).start()
 
-    def _accept(self) -> None:
-        while not self.closed.is_set():
-            try:
-                conn, _ = self._srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn) -> None:
+    def _serve(self, conn, _peer=None) -> None:
         try:
             while True:
                 _, name, address = _wire.recv(conn)  # ("ensure", store name, (host, port))

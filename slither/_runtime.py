@@ -27,8 +27,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
-import tempfile
 import threading
 import time
 import weakref
@@ -41,6 +39,7 @@ from loguru import logger
 from slither import _thespian  # noqa: F401 - applies the loopback patch before any system starts
 from slither._actors import PoolInit, PoolSupervisor, RootSupervisor, WatchCaller, Worker, WorkerInit
 from slither._pool import Hub, Pool
+from slither._sys import free_port, node_key, pids_in_group, private_dir
 from slither.errors import ConfigurationError, RuntimeNotStarted
 from slither.supervision import ChildSpec, ChildStarted, ChildStopped, Identity, StartChild, StopChild, SupervisorInit
 
@@ -112,37 +111,7 @@ def _as_spec(name: str, value: Any) -> PoolSpec:
     raise ConfigurationError(f"pool {name!r}: expected a size, a PoolSpec or a mapping, got {value!r}")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _private_dir() -> str:
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    d = tempfile.mkdtemp(prefix="slither-", dir=base)
-    os.chmod(d, 0o700)
-    return d
-
-
 _SHUTDOWN_STALL = 0.5  # at least this long without any runtime process exiting while Thespian's shutdown waits
-
-
-def pids_in_group(pgid: int) -> list[int]:
-    """Live (non-zombie) pids whose process group is ``pgid`` (Linux /proc)."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        rest = stat[stat.rindex(b")") + 2 :].split()
-        if rest[0] not in (b"Z", b"X") and int(rest[2]) == pgid:
-            out.append(int(name))
-    return out
 
 
 _live: weakref.WeakSet = weakref.WeakSet()
@@ -273,7 +242,7 @@ class Runtime:
         from thespian.actors import ActorSystem
 
         t0 = time.monotonic()
-        self._dir = _private_dir()
+        self._dir = private_dir("slither-")
         _thespian.prepare_environment(self._dir)
         conv = self.convention
         if conv is not None and conv.join:
@@ -291,7 +260,7 @@ class Runtime:
             caps = {"Admin Port": conv.port, "node": "leader", **{str(k): str(v) for k, v in conv.capabilities.items()}}
             self._capabilities = {k: v for k, v in caps.items() if k != "Admin Port"}
         else:
-            caps = {"Admin Port": _free_port()}
+            caps = {"Admin Port": free_port()}
         # simpleSystemBase runs in this process: any logDefs would be applied to the caller's
         # own logging (its root set to CRITICAL, its handlers removed); False skips them there.
         log_defs = False if self.base == "simpleSystemBase" else _thespian.QUIET_LOGDEFS
@@ -387,8 +356,6 @@ class Runtime:
             raise RuntimeError(f"pool {name!r}: supervisor did not start (got {started!r})")
         addr = started.address
         self._pool_addrs[name] = addr
-        from slither.supervision import node_key
-
         workers = tuple(
             ChildSpec(
                 f"worker-{i}",

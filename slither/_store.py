@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import queue
@@ -43,6 +44,7 @@ import cloudpickle
 import lmdb
 
 from slither import _keys, _wire, telemetry
+from slither._sys import free_port, serve_forever
 from slither.errors import ConfigurationError, StoreError, ViewNotFound, ViewTimeout
 from slither.supervision import SupervisedActor
 
@@ -980,7 +982,8 @@ class _Server:
             self._listeners.append((socket.create_server(tuple(self.init.tcp), backlog=64), True))
         for srv, tcp in self._listeners:
             name = f"slither-store-{self.init.name}-{'tcp' if tcp else 'unix'}"
-            threading.Thread(target=self._accept, args=(srv, tcp), name=name, daemon=True).start()
+            handle = functools.partial(self._conn, tcp=tcp)
+            threading.Thread(target=serve_forever, args=(srv, handle, name), name=name, daemon=True).start()
 
     def stop(self) -> None:
         """Stop listening and close the environment (tests; a server process just exits)."""
@@ -992,15 +995,7 @@ class _Server:
         _server_envs.pop(self.init.path, None)
         self.env.close()
 
-    def _accept(self, srv, tcp: bool) -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(target=self._conn, args=(conn, tcp), daemon=True).start()
-
-    def _conn(self, conn, tcp: bool = False) -> None:
+    def _conn(self, conn, _peer=None, tcp: bool = False) -> None:
         try:
             if tcp:
                 from slither import cluster
@@ -1126,7 +1121,7 @@ def _start_stores(rt, classes) -> None:
         conv = rt.convention
         # On a convention, members follow the store over TCP: a port fixed for the
         # runtime's life, so a restarted server is found where the old one was.
-        tcp = (conv.host, _free_tcp_port(conv.host)) if conv is not None and not conv.join else None
+        tcp = (conv.host, free_port(conv.host)) if conv is not None and not conv.join else None
         info = {
             "path": path,
             "sock": os.path.join(rt._dir, f"store-{len(specs)}.sock"),
@@ -1153,12 +1148,6 @@ def _start_stores(rt, classes) -> None:
         status = _registry[cls.store_name].client().request(("ping",))
         if status["load_error"]:
             raise StoreError(status["load_error"])
-
-
-def _free_tcp_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _forget_stores(rt) -> None:

@@ -42,6 +42,7 @@ import cloudpickle
 
 from slither import _pickle, _wire, telemetry, worker
 from slither._item import Context
+from slither._sys import node_key, vm_size
 
 _IGNORED_BY_PYTHON = (signal.SIGPIPE, signal.SIGXFSZ)  # what CPython itself ignores at start-up
 
@@ -247,11 +248,10 @@ def serve(
 
         # Address space inherited by fork (thread stacks, malloc arenas of the caller)
         # can already be large: the limit is what the worker may add on top of it.
-        limit = _vm_size() + rlimit_as
+        limit = vm_size() + rlimit_as
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     from slither import _store as store
     from slither import cluster
-    from slither.supervision import node_key
 
     remote = hub_tcp is not None and (cluster._force_network or node_key() != leader_node)
     if remote:
@@ -323,20 +323,11 @@ def run_forked(init, nanny_pid: int, fault_fd: int | None) -> None:
     try:
         _die_with(nanny_pid)
         _ordinary_signals(fault_fd)
-        serve(init.hub_path, init.token, init.pool, init.index, init.rlimit_as, hub_tcp=init.hub_tcp, leader_node=init.leader_node)
+        serve(
+            init.hub_path, init.token, init.pool, init.index, init.rlimit_as, hub_tcp=init.hub_tcp, leader_node=init.leader_node
+        )
     except BaseException:  # noqa: BLE001
         traceback.print_exc()
         code = 70
     finally:
         os._exit(code)
-
-
-def _vm_size() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0

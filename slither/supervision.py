@@ -59,6 +59,8 @@ from thespian.actors import (
     WakeupMessage,
 )
 
+from slither._sys import cheap_repr, node_key, pid_alive
+
 RESTART_TYPES = ("permanent", "transient", "temporary")
 STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 _LIVENESS_PERIOD = timedelta(seconds=0.25)
@@ -66,8 +68,7 @@ _PLACE = "slither-place-parked"
 _PLACE_DELAY = timedelta(milliseconds=50)
 
 
-def _cheap_repr(self) -> str:
-    return f"<{type(self).__name__}>"
+_cheap_repr = cheap_repr
 
 
 @attrs.frozen(repr=False)
@@ -169,25 +170,6 @@ class Identity:
     __repr__ = _cheap_repr
 
 
-_NODE: str | None = None
-
-
-def node_key() -> str:
-    """Identifies this machine and pid namespace: pids compare only between equal keys."""
-    global _NODE
-    if _NODE is None:
-        try:
-            with open("/proc/sys/kernel/random/boot_id") as f:
-                boot = f.read().strip()
-            ns = os.stat("/proc/self/ns/pid").st_ino
-        except OSError:
-            import socket
-
-            boot, ns = socket.gethostname(), 0
-        _NODE = f"{boot}/{ns}"
-    return _NODE
-
-
 def _identity() -> Identity:
     return Identity(os.getpid(), os.getpgid(0), node_key())
 
@@ -197,22 +179,6 @@ class ExitingNormally:
     """A child tells its supervisor it is about to exit on purpose (for ``transient``)."""
 
     __repr__ = _cheap_repr
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie (Linux /proc; kill(0) elsewhere)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"Z", b"X")
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
 
 
 def offers(capabilities, requirements) -> bool:

@@ -102,7 +102,9 @@ def test_no_timeout_by_default(rt):
 
 
 def test_a_misspelt_option_names_the_public_function(rt):
-    with pytest.raises(TypeError, match=r"dispatch\(\) got an unexpected keyword argument 'batchsize'; did you mean 'batch_size'\?"):
+    with pytest.raises(
+        TypeError, match=r"dispatch\(\) got an unexpected keyword argument 'batchsize'; did you mean 'batch_size'\?"
+    ):
         rt.dispatch([1], lambda xs: xs, batchsize=3)
     with pytest.raises(TypeError, match=r"dispatch_stream\(\) got an unexpected keyword argument 'orderin'"):
         rt.dispatch_stream([1], lambda xs: xs, orderin="preserve")

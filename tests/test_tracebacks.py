@@ -12,7 +12,7 @@ import cloudpickle
 import pytest
 
 import slither
-from slither import DispatchError, PipeError, Pipe, WorkerCrashed, stage
+from slither import DispatchError, Pipe, PipeError, WorkerCrashed, stage
 from slither.errors import RemoteTraceback
 
 pytestmark = pytest.mark.timeout(60)
@@ -51,7 +51,7 @@ def test_closure_failure_prints_its_line(rt):
     with pytest.raises(DispatchError) as ei:
         rt.dispatch([1, 2], scale)
     printed = _printed(ei.value)
-    assert f'line {_line_of("# the closure" + chr(39) + "s line")}, in scale' in printed
+    assert f"line {_line_of('# the closure' + chr(39) + 's line')}, in scale" in printed
     assert "return [x / divisor for x in xs]" in printed
 
 

@@ -155,7 +155,7 @@ def test_a_class_defined_in_main_after_start_travels_both_ways(rt):
     main = sys.modules["__main__"]
     Point = dataclasses.make_dataclass("SlitherLatePoint", [("x", int), ("y", int)])
     Point.__module__ = "__main__"
-    setattr(main, "SlitherLatePoint", Point)
+    main.SlitherLatePoint = Point
     try:
         out = rt.dispatch([Point(1, -2), Point(3, 4)], lambda ps: [Point(p.y, p.x) for p in ps], batch_size=1)
     finally:

@@ -1,0 +1,103 @@
+"""Operating-system helpers, each written once: processes (Linux ``/proc``), ports,
+private directories, accept loops, and the cheap repr every actor message uses."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+from collections.abc import Callable
+
+
+def _stat_fields(pid) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (Linux /proc; kill(0) elsewhere)."""
+    if os.path.isdir("/proc/self"):
+        fields = _stat_fields(pid)
+        return fields is not None and fields[0] not in (b"Z", b"X")
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def pids_in_group(pgid: int) -> list[int]:
+    """Live (non-zombie) pids whose process group is ``pgid`` (Linux /proc)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat_fields(name)
+            if fields is not None and fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid:
+                out.append(int(name))
+    return out
+
+
+def vm_size() -> int:
+    """This process's address space in bytes (0 when unknown)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+_NODE: str | None = None
+
+
+def node_key() -> str:
+    """Identifies this machine and pid namespace: pids compare only between equal keys."""
+    global _NODE
+    if _NODE is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                boot = f.read().strip()
+            ns = os.stat("/proc/self/ns/pid").st_ino
+        except OSError:
+            boot, ns = socket.gethostname(), 0
+        _NODE = f"{boot}/{ns}"
+    return _NODE
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def private_dir(prefix: str, base: str | None = None) -> str:
+    """A new 0700 directory, on /dev/shm where it is writable (sockets and ephemeral stores are memory)."""
+    if base is None and os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        base = "/dev/shm"
+    d = tempfile.mkdtemp(prefix=prefix, dir=base)
+    os.chmod(d, 0o700)
+    return d
+
+
+def serve_forever(listener: socket.socket, handle: Callable, name: str, closed: Callable[[], bool] = lambda: False) -> None:
+    """Accept on ``listener`` until it is closed, handling each connection on a thread of its own."""
+    while not closed():
+        try:
+            conn, peer = listener.accept()
+        except OSError:
+            return
+        threading.Thread(target=handle, args=(conn, peer), name=name, daemon=True).start()
+
+
+def cheap_repr(self) -> str:
+    """An O(1) repr for messages: Thespian formats every message it sends or receives."""
+    return f"<{type(self).__name__}>"
