@@ -41,7 +41,7 @@ from typing import Any
 
 from loguru import logger
 
-from slither import _pickle, _wire, telemetry
+from slither import _net, _pickle, _wire, telemetry
 from slither.errors import (
     BadBatchResult,
     BatchTimeout,
@@ -975,10 +975,8 @@ class Hub:
         remote = peer is not None
         try:
             if remote:
-                from slither import cluster
-
-                cluster.tune(s)
-                if not cluster.server_handshake(s, self._secret):  # before anything is unpickled
+                _net.tune(s)
+                if not _net.server_handshake(s, self._secret):  # before anything is unpickled
                     logger.warning("slither hub: refused {}: it did not prove it knows the convention secret", peer)
                     s.close()
                     return

@@ -12,7 +12,7 @@
                                                workers here read S.get(...) locally
 
 A worker on a member asks its node's replica service (a Unix socket in the
-node's private directory, inherited as :data:`slither.cluster._replica_sock`)
+node's private directory, inherited as :data:`slither._net.MEMBER.replica_sock`)
 for the local path of a store on first read; the service starts following
 the leader's store server if it does not yet, and answers once the replica
 holds a snapshot and every change committed before it. From then on every
@@ -34,7 +34,7 @@ import threading
 import lmdb
 from loguru import logger
 
-from slither import _wire
+from slither import _net, _wire
 from slither._sys import private_dir, serve_forever
 from slither.errors import StoreError
 
@@ -58,12 +58,10 @@ class _Replica:
         self.thread.start()
 
     def _run(self) -> None:
-        from slither import cluster
-
         delay = 0.05
         while not self.service.closed.is_set():
             try:
-                self.sock = cluster.connect(self.address, self.service.secret, timeout=10)
+                self.sock = _net.connect(self.address, self.service.secret, timeout=10)
                 self.sock.settimeout(None)
                 _wire.send(self.sock, (secrets.token_hex(8), 0, ("subscribe",)))
                 self._follow(_wire.Reader(self.sock).recv)
@@ -192,13 +190,11 @@ class ReplicaService:
 
 def ensure(name: str, address: tuple) -> str:
     """In a worker on a member: the local path of store ``name``'s replica, in sync."""
-    from slither import cluster
-
-    if cluster._replica_sock is None:
+    if _net.MEMBER.replica_sock is None:
         raise StoreError(
             f"store {name!r}: this worker runs on a convention member with no replica service; start members with `slither node`"
         )
-    s = _wire.connect(cluster._replica_sock, timeout=10)
+    s = _wire.connect(_net.MEMBER.replica_sock, timeout=10)
     try:
         s.settimeout(READY_TIMEOUT + 10)
         _wire.send(s, ("ensure", name, tuple(address)))

@@ -43,7 +43,7 @@ import attrs
 import cloudpickle
 import lmdb
 
-from slither import _keys, _wire, telemetry
+from slither import _keys, _net, _wire, telemetry
 from slither._sys import free_port, serve_forever
 from slither.errors import ConfigurationError, StoreError, ViewNotFound, ViewTimeout
 from slither.supervision import SupervisedActor
@@ -399,9 +399,7 @@ class _Client:
     def _connect(self) -> socket.socket:
         if self.entry.remote is None:
             return _wire.connect(self.entry.sock, timeout=5)
-        from slither import cluster
-
-        sock = cluster.connect(self.entry.remote, cluster._secret, timeout=5)
+        sock = _net.connect(self.entry.remote, _net.MEMBER.secret, timeout=5)
         sock.settimeout(None)
         return sock
 
@@ -998,10 +996,8 @@ class _Server:
     def _conn(self, conn, _peer=None, tcp: bool = False) -> None:
         try:
             if tcp:
-                from slither import cluster
-
-                cluster.tune(conn)
-                if not cluster.server_handshake(conn, self.init.secret):  # before anything is unpickled
+                _net.tune(conn)
+                if not _net.server_handshake(conn, self.init.secret):  # before anything is unpickled
                     return
             while True:
                 client, seq, op = _wire.recv(conn)

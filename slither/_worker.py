@@ -40,7 +40,7 @@ from typing import Any
 
 import cloudpickle
 
-from slither import _pickle, _wire, telemetry, worker
+from slither import _net, _pickle, _wire, telemetry, worker
 from slither._item import Context
 from slither._sys import node_key, vm_size
 
@@ -251,11 +251,10 @@ def serve(
         limit = vm_size() + rlimit_as
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     from slither import _store as store
-    from slither import cluster
 
-    remote = hub_tcp is not None and (cluster._force_network or node_key() != leader_node)
+    remote = hub_tcp is not None and (_net.MEMBER.force_network or node_key() != leader_node)
     if remote:
-        sock = cluster.connect(tuple(hub_tcp), cluster._secret)  # a member's worker: the network path
+        sock = _net.connect(tuple(hub_tcp), _net.MEMBER.secret)  # a member's worker: the network path
         token = ""  # the handshake authenticated us; the token is for the leader's Unix sockets only
     else:
         sock = _wire.connect(hub_path, timeout=10)

@@ -24,8 +24,6 @@ Trust model (also in docs/cluster.md):
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import secrets
 import signal
@@ -36,27 +34,9 @@ import time
 import attrs
 from thespian.actors import Actor, ActorExitRequest, ActorSystemConventionUpdate
 
-from slither import _wire
+from slither._net import MEMBER, MIN_SECRET, client_handshake, connect, parse_address, server_handshake
 from slither.errors import ConfigurationError
 from slither.supervision import INCARNATION
-
-_MAGIC = b"SLTH1"
-_NONCE = 32
-_MAC = 32
-MIN_SECRET = 16
-
-# Set in a member's process before its actor system starts; the actor
-# processes Thespian forks from it inherit them.
-_secret: bytes | None = None
-_force_network = False
-_replica_sock: str | None = None  # the node's store replica service (slither._replica)
-
-
-def _parse_address(value: str, what: str) -> tuple[str, int]:
-    host, sep, port = str(value).rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigurationError(f"{what}: expected 'HOST:PORT', got {value!r}")
-    return host, int(port)
 
 
 def _as_secret(value) -> bytes:
@@ -100,104 +80,19 @@ class Convention:
     listen: str | None = None
 
     def __attrs_post_init__(self):
-        _parse_address(self.address, "Convention.address")
+        parse_address(self.address, "Convention.address")
 
     @property
     def host(self) -> str:
-        return _parse_address(self.address, "Convention.address")[0]
+        return parse_address(self.address, "Convention.address")[0]
 
     @property
     def port(self) -> int:
-        return _parse_address(self.address, "Convention.address")[1]
+        return parse_address(self.address, "Convention.address")[1]
 
     def __repr__(self) -> str:  # never print the secret
         role = ", join=True" if self.join else ""
         return f"Convention(address={self.address!r}, data_port={self.data_port}, capabilities={self.capabilities!r}{role})"
-
-
-# A peer whose host died or whose network was cut sends no FIN: without these
-# a connection to it looks alive forever (an idle worker would never exit, a
-# batch sent to it would wait for its timeout, or for ever without one).
-KEEPALIVE_IDLE = 5  # s of silence before the first probe
-KEEPALIVE_INTERVAL = 2
-KEEPALIVE_PROBES = 3  # unanswered probes: the connection is dead (about 11 s)
-USER_TIMEOUT_MS = 15000  # data sent and not acknowledged for this long: dead
-
-
-def tune(sock: socket.socket) -> None:
-    """Options of every TCP connection between hosts: no Nagle delay, dead peers detected."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (
-        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
-        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
-        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
-        ("TCP_USER_TIMEOUT", USER_TIMEOUT_MS),
-    ):
-        opt = getattr(socket, name, None)
-        if opt is not None:  # Linux; elsewhere the system's keepalive defaults apply
-            sock.setsockopt(socket.IPPROTO_TCP, opt, value)
-
-
-def _mac(secret: bytes, *parts: bytes) -> bytes:
-    return hmac.new(secret, b"".join(parts), hashlib.sha256).digest()
-
-
-def _guarded(sock: socket.socket, timeout: float, step) -> bool:
-    """Run one side of the handshake with a deadline; any I/O failure is a refusal."""
-    sock.settimeout(timeout)
-    try:
-        return step()
-    except (OSError, EOFError):
-        return False
-    finally:
-        try:
-            sock.settimeout(None)
-        except OSError:
-            pass
-
-
-def server_handshake(sock: socket.socket, secret: bytes, timeout: float = 10.0) -> bool:
-    """The listening side. True when the peer proved it knows ``secret``."""
-
-    def step() -> bool:
-        mine = secrets.token_bytes(_NONCE)
-        sock.sendall(_MAGIC + mine)
-        got = _wire._recv_exact(sock, _NONCE + _MAC)
-        theirs, mac = got[:_NONCE], got[_NONCE:]
-        if not hmac.compare_digest(mac, _mac(secret, b"client", mine, theirs)):
-            return False
-        sock.sendall(_mac(secret, b"server", theirs, mine))
-        return True
-
-    return _guarded(sock, timeout, step)
-
-
-def client_handshake(sock: socket.socket, secret: bytes, timeout: float = 10.0) -> bool:
-    """The connecting side. True when the listener proved it knows ``secret``."""
-
-    def step() -> bool:
-        head = _wire._recv_exact(sock, len(_MAGIC) + _NONCE)
-        if head[: len(_MAGIC)] != _MAGIC:
-            return False
-        theirs = head[len(_MAGIC) :]
-        mine = secrets.token_bytes(_NONCE)
-        sock.sendall(mine + _mac(secret, b"client", theirs, mine))
-        return hmac.compare_digest(_wire._recv_exact(sock, _MAC), _mac(secret, b"server", mine, theirs))
-
-    return _guarded(sock, timeout, step)
-
-
-def connect(address: tuple[str, int], secret: bytes | None, timeout: float = 10.0) -> socket.socket:
-    """An authenticated data-plane connection to a leader."""
-    if secret is None:
-        raise ConnectionRefusedError("this process has no convention secret (is it a member started by `slither node`?)")
-    s = socket.create_connection(address, timeout=timeout)
-    tune(s)
-    if not client_handshake(s, secret, timeout):
-        s.close()
-        raise ConnectionRefusedError(f"the leader at {address[0]}:{address[1]} did not prove it knows the secret")
-    return s
 
 
 def _member_setup(join: str, secret: bytes, capabilities, name, admin_port: int, host: str | None, replica_dir: str | None):
@@ -207,11 +102,10 @@ def _member_setup(join: str, secret: bytes, capabilities, name, admin_port: int,
     this one: the bind address, the key that signs Thespian messages, the
     data-plane secret of the workers the leader places here and the socket
     of the store replica service (start it once the actor system exists)."""
-    global _secret, _replica_sock
     from slither import _replica, _thespian
 
-    lhost, lport = _parse_address(join, "join")
-    _secret = secret
+    lhost, lport = parse_address(join, "join")
+    MEMBER.secret = secret
     if host is None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.connect((lhost, lport))
@@ -228,7 +122,7 @@ def _member_setup(join: str, secret: bytes, capabilities, name, admin_port: int,
     caps[INCARNATION] = secrets.token_hex(8)  # this start of the member: the leader places on it, not on a dead one
     caps["Convention Address.IPv4"] = f"{lhost}:{lport}"
     replicas = _replica.ReplicaService(secret, base=replica_dir)
-    _replica_sock = replicas.sock_path
+    MEMBER.replica_sock = replicas.sock_path
     return admin_port, caps, replicas
 
 
@@ -316,12 +210,11 @@ def run_node(
     Raises:
         NotAccepted: ``join_timeout`` passed without the leader accepting.
     """
-    global _force_network
     from thespian.actors import ActorSystem
 
     from slither import _thespian
 
-    _force_network = network_only
+    MEMBER.force_network = network_only
     secret = _as_secret(secret)
     admin_port, caps, replicas = _member_setup(join, secret, capabilities, name, admin_port, host, replica_dir)
     asys = ActorSystem(
@@ -350,4 +243,4 @@ def run_node(
             replicas.close()
 
 
-__all__ = ["Convention", "run_node", "server_handshake", "client_handshake"]
+__all__ = ["Convention", "NotAccepted", "run_node", "connect", "server_handshake", "client_handshake"]
