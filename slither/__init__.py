@@ -5,7 +5,9 @@ process), :func:`dispatch` (batched fan-out with backpressure), and
 :class:`Pipe` (declarative pipelines). See ``docs/``.
 """
 
-from slither import errors, stage, telemetry, testing, worker
+from loguru import logger as _logger
+
+from slither import cluster, errors, stage, telemetry, worker
 from slither._dispatch import (
     FixedBatch,
     InlineExecutor,
@@ -22,6 +24,7 @@ from slither._item import Context, Item
 from slither._pipe import Pipe, PipeHandle, PipeResult, run_pipe, start_pipe, stream_pipe
 from slither._runtime import PoolSpec, Runtime, runtime, shutdown, start
 from slither._store import ANY, Store, Table, View
+from slither.cluster import Convention
 from slither.errors import (
     BadBatchResult,
     BatchTimeout,
@@ -30,6 +33,8 @@ from slither.errors import (
     PipeDefinitionError,
     PipeError,
     PoolDown,
+    RemoteTraceback,
+    RuntimeNotStarted,
     SerializationError,
     SlitherError,
     StoreError,
@@ -50,6 +55,7 @@ __all__ = [
     "ChildSpec",
     "ConfigurationError",
     "Context",
+    "Convention",
     "DispatchError",
     "Fail",
     "FixedBatch",
@@ -63,10 +69,12 @@ __all__ = [
     "PipeResult",
     "PoolDown",
     "PoolSpec",
+    "RemoteTraceback",
     "Retry",
     "Route",
     "Routed",
     "Runtime",
+    "RuntimeNotStarted",
     "SerializationError",
     "Skip",
     "SlitherError",
@@ -82,6 +90,7 @@ __all__ = [
     "WorkerCrashed",
     "WorkerError",
     "call_batch",
+    "cluster",
     "dispatch",
     "dispatch_stream",
     "errors",
@@ -97,8 +106,16 @@ __all__ = [
     "testing",
 ]
 
-# Quiet by default, as a library should be: `logger.enable("slither")` to see our logs.
-from loguru import logger as _logger
 
+def __getattr__(name: str):
+    # slither.testing (fault injectors, hypothesis strategies) is imported on first use only.
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module("slither.testing")
+    raise AttributeError(f"module 'slither' has no attribute {name!r}")
+
+
+# Quiet by default, as a library should be: `logger.enable("slither")` to see our logs.
 _logger.disable("slither")
 del _logger

@@ -149,8 +149,7 @@ class KeyPartition:
 
 
 class _Single:
-    def __init__(self, batch):
-        self.batch = batch
+    """The strategy of ``call_batch``: the whole input as one batch."""
 
     def batches(self, items):
         batch = list(items)
@@ -866,7 +865,7 @@ def call_batch(batch: Iterable, fn=None, **opts) -> list[Item]:
     items = list(batch)
     if not items:
         return []
-    return dispatch(items, fn, strategy=_Single(None), **opts)
+    return dispatch(items, fn, strategy=_Single(), **opts)
 
 
 def run_on_workers(rt, fn, pool: str, timeout: float) -> list[tuple[int, Any]]:

@@ -191,7 +191,6 @@ class Runtime:
         self._stores: dict[str, Any] = {}
         self._capabilities: dict | None = None  # a convention leader's own
         self._replicas = None  # a joining runtime's store replica service
-        self._store_sup = None
         self._pipes: list = []
         self._state = "new"
         self._entered: list = []  # contextvars tokens of the with-blocks this runtime is current in

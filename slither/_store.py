@@ -267,9 +267,6 @@ class _Reader:
         self.e = entry
         self.txn = txn
 
-    def _kind(self, table):
-        return self.e.tables.get(table)
-
     def get(self, table: str, key, default=None):
         db = self.e.db(table)
         kind = self.e.tables[table]
@@ -1129,8 +1126,7 @@ def _start_stores(rt, classes) -> None:
         init = StoreInit(name, path, info["sock"], blob, tables, cls.persistent, tcp, conv.secret if conv else None)
         specs.append((cls, info, ChildSpec(f"store:{name}", StoreServer, init=init)))
     started = rt._ask(rt._root, StartChild(ChildSpec("stores", Supervisor)), ChildStarted)
-    rt._store_sup = started.address
-    rt._store_sup_ident = rt._ask(
+    rt._ask(
         started.address,
         SupervisorInit(
             strategy="one_for_one", max_restarts=10, max_seconds=5.0, children=tuple(s for _, _, s in specs), name="stores"

@@ -11,6 +11,7 @@ PUBLIC = {
     "ChildSpec",
     "ConfigurationError",
     "Context",
+    "Convention",
     "DispatchError",
     "Fail",
     "FixedBatch",
@@ -24,10 +25,12 @@ PUBLIC = {
     "PipeResult",
     "PoolDown",
     "PoolSpec",
+    "RemoteTraceback",
     "Retry",
     "Route",
     "Routed",
     "Runtime",
+    "RuntimeNotStarted",
     "SerializationError",
     "Skip",
     "SlitherError",
@@ -43,6 +46,7 @@ PUBLIC = {
     "WorkerCrashed",
     "WorkerError",
     "call_batch",
+    "cluster",
     "dispatch",
     "dispatch_stream",
     "errors",
@@ -70,3 +74,15 @@ def test_every_public_callable_has_a_docstring():
         obj = getattr(slither, name)
         if inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj):
             assert inspect.getdoc(obj), f"slither.{name} has no docstring"
+
+
+def test_import_slither_does_not_import_the_test_tools():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, slither; print('slither.testing' in sys.modules); "
+        "slither.testing.Rendezvous; print('slither.testing' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert out == ["False", "True"]
