@@ -424,7 +424,7 @@ class _Dispatch:
                 runtime = default_runtime()
             self.pool = runtime.pool(pool)
             if self.pool.down is not None:
-                raise self.pool._pool_down()
+                raise self.pool.down_error()
         self.pool_name = pool
         self.items = items
         self.strategy = strategy
@@ -630,7 +630,7 @@ class _Dispatch:
         if q is not None:
             q.put(_CANCELLED)
             if self.pool is not None:
-                self.pool._wake()  # a thread reading the pool's sockets looks at its queue
+                self.pool.wake()  # a thread reading the pool's sockets looks at its queue
 
     def __iter__(self) -> Iterator[list[Item]]:
         """Yield each batch's result Items (a list per batch), as the ordering allows."""

@@ -194,7 +194,7 @@ def test_closing_a_stream_stops_it_at_once(rt):
     assert got == list(range(15))
     taken = len(pulled)
     assert next(stream, None) is None and len(pulled) == taken <= 10 * (2 + 8)
-    assert not pool.pending
+    assert not pool.stats().queued
 
     with Rendezvous() as rv:
 
@@ -206,9 +206,9 @@ def test_closing_a_stream_stops_it_at_once(rt):
         stream = rt.dispatch_stream(range(10_000), held, batch_size=10, max_in_flight=8)
         assert next(stream).payload == 0
         rv.wait(count=2, timeout=20)  # both workers hold a batch, one more queued on each
-        assert len(pool.pending) == 3  # the window: 8 taken, 1 handed out, 4 on workers
+        assert pool.stats().queued == 3  # the window: 8 taken, 1 handed out, 4 on workers
         del stream
-        assert not pool.pending
+        assert not pool.stats().queued
         rv.release()
 
 
@@ -454,10 +454,10 @@ def test_the_pools_reader_thread_and_wake_pipe_end_with_the_runtime():
     with running_runtime(pools={"rxend": 1}) as fresh:
         pool = fresh.pool("rxend")
         assert [i.payload for i in fresh.dispatch([1, 2], lambda xs: xs, pool="rxend")] == [1, 2]
-        pipes = {fd: link(fd) for fd in (pool._wake_r, pool._wake_w)}
+        pipes = {fd: link(fd) for fd in (pool.receiver._wake_r, pool.receiver._wake_w)}
         assert all(v and v.startswith("pipe:") for v in pipes.values())
-    pool._backup.join(10)
-    assert not pool._backup.is_alive()
+    pool.receiver._backup.join(10)
+    assert not pool.receiver._backup.is_alive()
     assert all(link(fd) != was for fd, was in pipes.items()), "the pool's wake pipe was left open"
 
 

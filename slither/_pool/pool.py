@@ -1,0 +1,421 @@
+"""The caller's side of one named pool: the façade over its scheduler, sender and
+receiver, and what happens when a reply comes or a worker goes.
+
+How a batch travels::
+
+    dispatch thread ──submit(Task)──▶ Scheduler (queue) ──pump──▶ conn.inflight + conn.sendq
+                                                                │
+           the thread that pumped, outside the pool lock (Sender) ◀──┘  sends the pre-pickled frame
+                                                                │
+                       worker process: reader thread → main thread runs it → reply
+                                                                │
+    task.callback ◀── the thread reading the pool's sockets (Receiver) ◀──┘
+
+* Timeouts: the timer thread SIGKILLs a worker whose head task is late and
+  gives it no new task; the dead socket's EOF fails the batch as
+  ``BatchTimeout``.
+* Crashes: the EOF of a worker that died on its own waits (at most
+  ``EXIT_REPORT_WAIT``) for its nanny's report of how it ended, so that
+  ``WorkerCrashed`` names the signal or exit code.
+* ``PoolDown``: the pool supervisor says it gave up, or its process is gone.
+  Every waiting task fails at once and new submissions raise.
+"""
+
+from __future__ import annotations
+
+import linecache
+import logging
+import re
+import socket
+import threading
+import time
+from typing import Any
+
+import attrs
+from loguru import logger
+
+from slither import _pickle, _protocol, _wire, telemetry
+from slither._pool.receiver import Receiver
+from slither._pool.scheduler import Scheduler
+from slither._pool.sender import Sender
+from slither._pool.task import Task, WorkerConn, _kill_conn
+from slither._sys import pid_alive
+from slither.errors import (
+    BadBatchResult,
+    BatchTimeout,
+    PoolDown,
+    RuntimeNotStarted,
+    SerializationError,
+    WorkerCrashed,
+    WorkerError,
+)
+
+# How long a batch whose worker died waits for its nanny's report of how (a few ms
+# after the EOF, as a rule) before it fails without it.
+EXIT_REPORT_WAIT = 1.0
+
+
+@attrs.frozen
+class PoolStats:
+    """A snapshot of one pool (``Runtime.pool(name).stats()``)."""
+
+    name: str
+    size: int
+    connected: int
+    queued: int
+    in_flight: int
+    crashes: int
+    restarts: int
+    down: bool
+
+
+class Pool:
+    """Caller-side state of one named pool. Thread-safe."""
+
+    def __init__(self, name: str, size: int, depth: int = 2):
+        self.name = name
+        self.size = size
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.scheduler = Scheduler(name, depth, self._wake_timer)
+        self.sender = Sender(name, self.lock)
+        self.receiver = Receiver(self)
+        self.seen: set[int] = set()  # worker indexes that connected once: the next connection is a restart
+        self.down: PoolDown | None = None
+        self.closed = False
+        self.sup_pid: int | None = None
+        self.crashes = 0
+        self.restarts = 0
+        self._timer_next = 0.0
+        self._exits: dict[int, tuple] = {}  # pid -> (exitcode, fault): nannies' reports not yet matched to an EOF
+        self._awaiting: dict[int, tuple] = {}  # pid -> (deadline, tasks): lost workers whose report is awaited
+        self._timer = threading.Thread(target=self._timer_loop, name=f"slither-pool-{name}-timer", daemon=True)
+        self._timer.start()
+        self.receiver.start()
+
+    @property
+    def workers(self) -> dict[int, WorkerConn]:
+        return self.scheduler.workers
+
+    def wait(self, q, timeout: float):
+        """The next message on ``q`` (see :meth:`Receiver.wait`)."""
+        return self.receiver.wait(q, timeout)
+
+    def wake(self) -> None:
+        self.receiver.wake()
+
+    def stats(self) -> PoolStats:
+        with self.lock:
+            conns = list(self.scheduler.workers.values())
+            return PoolStats(
+                self.name,
+                self.size,
+                len(conns),
+                len(self.scheduler.pending) + sum(len(c.private) for c in conns),
+                sum(len(c.inflight) for c in conns),
+                self.crashes,
+                self.restarts,
+                self.down is not None,
+            )
+
+    # -- submission ----------------------------------------------------
+    def submit(self, task: Task) -> None:
+        with self.lock:
+            if self.closed:
+                raise RuntimeNotStarted(f"pool {self.name!r} is shut down")
+            if self.down is not None:
+                raise self.down_error()
+            self.scheduler.route(task)
+            touched = self.scheduler.pump()
+        self.sender.flush(touched)
+
+    def _wake_timer(self, deadline: float) -> None:
+        # Waking the timer thread on every batch costs a GIL round trip; it only
+        # needs waking when a deadline falls before its next planned check.
+        if deadline < self._timer_next:
+            self.changed.notify_all()
+
+    def cancel(self, owner: Any, kill_running: bool = False) -> None:
+        """Drop queued tasks of ``owner``; optionally kill workers running them."""
+        with self.lock:
+            self.scheduler.drop(owner)
+            if kill_running:
+                for conn in list(self.scheduler.workers.values()):
+                    if conn.inflight and conn.inflight[0].owner is owner:
+                        self._doom(conn)
+
+    def _doom(self, conn: WorkerConn) -> None:
+        """Kill ``conn``'s worker and give it no more tasks meanwhile (holds self.lock): its
+        EOF, read later, fails its head task and puts the others back in the queue."""
+        self.scheduler.retire(conn)
+        _kill_conn(conn)
+
+    # -- connections ---------------------------------------------------
+    def attach(self, conn: WorkerConn) -> None:
+        with self.lock:
+            if self.closed or self.down is not None:
+                conn.sock.close()
+                return
+            restarted = conn.index in self.seen
+            self.seen.add(conn.index)
+            old = self.scheduler.add(conn)
+            if old is not None and old.alive:
+                _kill_conn(old)  # a replacement arrived before the old socket's EOF: the old one is dead
+            self.receiver.polled(conn, True)
+            if restarted:
+                self.restarts += 1
+            touched = self.scheduler.pump()
+            self.changed.notify_all()
+        self.receiver.wake()  # whoever is reading adds the new socket
+        self.sender.flush(touched)
+        if restarted:
+            telemetry.emit(("slither", "worker", "restart"), {}, {"pool": self.name, "worker": conn.pid, "index": conn.index})
+
+    # -- what the receiver hands over --------------------------------------
+    def _handle(self, conn: WorkerConn, msg, touched: list) -> None:
+        """A frame from ``conn``: a telemetry event, a log record, or a reply (connections
+        given new tasks meanwhile go on ``touched``, for the caller to flush)."""
+        kind = msg[0]
+        if kind == _protocol.EVENT:
+            telemetry.emit(msg[1], msg[2], {**msg[3], "pool": self.name, "worker": conn.pid})
+        elif kind == _protocol.LOG:
+            _relog(msg[1])
+        else:
+            self._complete(conn, msg, touched)
+
+    def _unreadable(self, conn: WorkerConn, failed: _wire.UnpicklingFailed, touched: list) -> None:
+        """A frame from ``conn`` that this process cannot unpickle: a reply fails its
+        batch (``SerializationError``); anything else is dropped, with a warning."""
+        try:
+            kind, ref = _pickle.loads_tolerant(failed.main, failed.buffers)[:2]
+        except Exception:  # noqa: BLE001
+            kind, ref = None, None
+        if kind not in _protocol.REPLIES:
+            logger.warning(
+                "pool {!r}: dropped a frame from worker {} that cannot be unpickled here: {}", self.name, conn.pid, failed
+            )
+            return
+        self._complete(conn, _protocol.ser(ref, f"the batch's result could not be unpickled in the caller: {failed}"), touched)
+
+    def _complete(self, conn: WorkerConn, msg, touched: list) -> None:
+        """A reply to ``conn``'s head task: pump the queue (the connections given tasks go
+        on ``touched``, for the caller to flush), then run the task's callback."""
+        with self.lock:
+            task = self.scheduler.answered(conn)
+            if task.ref != msg[1]:  # pragma: no cover - protocol invariant
+                logger.error("pool {!r}: reply for {} while {} was head", self.name, msg[1], task.ref)
+            touched += [c for c in self.scheduler.pump() if c not in touched]
+        kind = msg[0]
+        if kind == _protocol.OK:
+            result, error = msg[2], None
+        elif kind == _protocol.ERR:
+            result, error = None, WorkerError(msg[2], msg[3], _with_source(msg[4]))
+        elif kind == _protocol.BAD:
+            result, error = None, BadBatchResult(msg[2])
+        elif kind == _protocol.UNLOADABLE:
+            result, error = None, SerializationError(f"the worker could not unpickle the batch: {msg[3]}")
+            error.unloadable = msg[2]  # [(position in the batch, "module.Class")]: see slither._dispatch
+        else:
+            result, error = None, SerializationError(msg[2])
+        if task.callback is not None:
+            task.callback(task, result, error, conn.pid)
+
+    def _lost(self, conn: WorkerConn) -> None:
+        """``conn``'s worker is gone (EOF, a socket error): fail what it ran, re-queue the rest."""
+        with self.lock:
+            conn.alive = False
+            self.receiver.polled(conn, False)
+            if conn.bulk is not None:
+                conn.bulk.put(False)  # its thread ends (a no-op when it is the one calling)
+            if conn.sender is not None:
+                conn.sender.put(None)  # ends after a send it is in fails (the worker's end is gone or cut)
+            head, lost_pinned = self.scheduler.remove(conn)
+            closing = self.closed
+            if not closing:
+                self.crashes += 1
+            touched = self.scheduler.pump()
+            self.changed.notify_all()
+        self.sender.flush(touched)
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+        if not closing:
+            meta = {"pool": self.name, "worker": conn.pid, "index": conn.index, "batch_ref": head.meta if head else None}
+            telemetry.emit(("slither", "worker", "crash"), {}, meta)
+        victims = ([head] if head is not None else []) + lost_pinned
+        if not victims:
+            return
+        if closing:
+            err: Exception = RuntimeNotStarted(f"pool {self.name!r} was shut down")
+        elif self.down is not None:
+            err = self.down_error()
+        elif head is not None and head.timed_out:
+            err = BatchTimeout(
+                f"batch ran longer than {head.timeout}s on worker {conn.pid} of pool {self.name!r}; "
+                "the worker was killed and replaced"
+            )
+        else:
+            err = self._crash_of(conn, victims)
+            if err is None:
+                return  # failed when its nanny says how the worker ended (see exited())
+        _fail(victims, err, conn.pid)
+
+    def _crash_of(self, conn: WorkerConn, victims: list[Task]) -> WorkerCrashed | None:
+        """The crash of a local worker, if its nanny already said how it ended; else None,
+        and ``victims`` wait for that report (at most EXIT_REPORT_WAIT seconds)."""
+        if conn.remote:
+            return WorkerCrashed(f"worker {conn.pid} of pool {self.name!r} died while running the batch", pid=conn.pid)
+        with self.lock:
+            report = self._exits.pop(conn.pid, None)
+            if report is None:
+                self._awaiting[conn.pid] = (time.monotonic() + EXIT_REPORT_WAIT, victims)
+                self.changed.notify_all()  # the timer plans the fallback
+                return None
+        return _crashed(self.name, conn.pid, *report)
+
+    def exited(self, pid: int, exitcode: int | None, fault: str) -> None:
+        """A nanny's report of how worker ``pid`` ended (see ``slither._worker``)."""
+        with self.lock:
+            waiting = self._awaiting.pop(pid, None)
+            if waiting is None:
+                self._exits[pid] = (exitcode, fault)  # its EOF is still on its way
+                while len(self._exits) > 64:  # reports of workers that held no batch
+                    del self._exits[next(iter(self._exits))]
+                return
+        _fail(waiting[1], _crashed(self.name, pid, exitcode, fault), pid)
+
+    # -- the end -----------------------------------------------------------
+    def mark_down(self, reason: str | None = None) -> None:
+        with self.lock:
+            if self.down is not None or self.closed:
+                return
+            self.down = PoolDown(self.name, reason)
+            victims = self.scheduler.take_queued(with_inflight=True) + self._take_awaiting()
+            for conn in self.scheduler.workers.values():
+                _kill_conn(conn)
+            self.changed.notify_all()
+        logger.warning("pool {!r} is down: {}", self.name, self.down)
+        for t in victims:
+            if t.callback is not None:
+                t.callback(t, None, self.down_error(), None)
+        self.receiver.wake()  # a thread reading in wait() sees its queue
+
+    def _take_awaiting(self) -> list[Task]:
+        """Every task waiting for a nanny's report, taken (holds self.lock)."""
+        tasks = [t for _, ts in self._awaiting.values() for t in ts]
+        self._awaiting.clear()
+        return tasks
+
+    def down_error(self) -> PoolDown:
+        """The ``PoolDown`` to raise. A fresh instance per caller: one exception raised
+        in several threads would have its traceback rewritten under each of them."""
+        return PoolDown(self.name, str(self.down))
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while len(self.scheduler.workers) < self.size and self.down is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.changed.wait(left)
+            if self.down is not None:
+                raise self.down_error()
+        return True
+
+    def live_workers(self) -> list[tuple[int, int]]:
+        with self.lock:
+            return [(c.index, c.pid) for c in self.scheduler.workers.values()]
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            victims = self.scheduler.take_queued(with_inflight=False) + self._take_awaiting()
+            self.changed.notify_all()
+        # Sockets stay open: closing them now would make the workers exit and their
+        # supervisor restart them mid-teardown. disconnect() runs after the tree stopped.
+        _fail(victims, RuntimeNotStarted(f"pool {self.name!r} was shut down"), None)
+        self.receiver.wake()
+
+    def disconnect(self) -> None:
+        """Close every worker socket (after the actor tree is stopped)."""
+        with self.lock:
+            conns = list(self.scheduler.workers.values())
+        for conn in conns:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _timer_loop(self) -> None:
+        """Kill workers whose head task is late, fail crashes whose report never came,
+        and notice a pool supervisor that died."""
+        with self.lock:
+            while not self.closed:
+                now = time.monotonic()
+                nxt = now + 0.25
+                for conn in list(self.scheduler.workers.values()):
+                    head = conn.inflight[0] if conn.inflight else None
+                    if head is not None and head.deadline is not None and not head.timed_out:
+                        if head.deadline <= now:
+                            head.timed_out = True
+                            self._doom(conn)
+                        else:
+                            nxt = min(nxt, head.deadline)
+                late = [pid for pid, (deadline, _) in self._awaiting.items() if deadline <= now]
+                gone = self.sup_pid is not None and self.down is None and not pid_alive(self.sup_pid)
+                if late or gone:
+                    self.lock.release()
+                    try:
+                        for pid in late:
+                            self.exited(pid, None, "")  # the nanny died too, or the caller is too busy to hear it
+                        if gone:
+                            self.mark_down(f"pool {self.name!r} is down: its supervisor process {self.sup_pid} exited")
+                    finally:
+                        self.lock.acquire()
+                    continue
+                for deadline, _ in self._awaiting.values():
+                    nxt = min(nxt, deadline)
+                self._timer_next = nxt
+                self.changed.wait(max(0.0, nxt - time.monotonic()))
+                self._timer_next = 0.0
+
+
+def _fail(victims: list[Task], err: Exception, pid) -> None:
+    for t in victims:
+        if t.callback is not None:
+            t.callback(t, None, err, pid)
+
+
+def _crashed(pool: str, pid: int, exitcode: int | None, fault: str) -> WorkerCrashed:
+    how = WorkerCrashed.how(exitcode)
+    return WorkerCrashed(f"worker {pid} of pool {pool!r} {how} while running the batch", pid=pid, exitcode=exitcode, fault=fault)
+
+
+_FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+)')
+
+
+def _with_source(tb: str) -> str:
+    """A worker's traceback with the source lines it could not show filled in from
+    this process's ``linecache`` (a notebook cell, a file not on the worker's host)."""
+    if not tb:
+        return tb
+    lines = tb.splitlines(keepends=True)
+    out = []
+    for k, line in enumerate(lines):
+        out.append(line)
+        m = _FRAME.match(line)
+        if m and not (k + 1 < len(lines) and lines[k + 1].startswith("    ")):
+            src = linecache.getline(m["file"], int(m["line"])).strip()
+            if src:
+                out.append(f"    {src}\n")
+    return "".join(out)
+
+
+def _relog(d: dict) -> None:
+    """A ``logging`` record from a worker, handled here under its logger's name."""
+    record = logging.makeLogRecord(d)
+    lg = logging.getLogger(record.name) if record.name != "root" else logging.getLogger()
+    if lg.isEnabledFor(record.levelno):
+        lg.handle(record)

@@ -1,0 +1,162 @@
+"""Which worker gets which task: queues, session affinity, the least-loaded choice,
+deadlines. No I/O and no locks of its own: the pool calls it holding its lock, and
+sends what it assigned afterwards (see ``Sender``).
+
+* Each worker holds at most ``depth`` tasks (default 2): one running, one
+  queued in its socket, so it never idles waiting for a round trip. Only the
+  head task has started; when a worker dies the head fails (crashed or timed
+  out) and the others go back to the front of the queue untouched.
+* A task goes to the least-loaded worker with room: it never queues behind a
+  running batch while another worker is idle. Ties go round the workers.
+* A task's deadline is set when it becomes its worker's head.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+from slither._pool.task import Task, WorkerConn
+from slither.errors import WorkerCrashed
+
+
+class Scheduler:
+    def __init__(self, name: str, depth: int, on_deadline: Callable[[float], None]):
+        self.name = name
+        self.depth = depth
+        self.pending: deque[Task] = deque()
+        self.workers: dict[int, WorkerConn] = {}  # index -> connection, the workers that take tasks
+        self.sessions: dict[str, int] = {}  # session id -> worker index
+        self._on_deadline = on_deadline  # the timer must look at this deadline
+        self._rr = 0
+        self._gen = 0  # bumped whenever self.workers changes
+        self._rot_gen = -1
+        self._rotations: list[list[WorkerConn]] = []
+
+    def route(self, task: Task) -> None:
+        """Queue ``task``: on its worker (pinned, or its session's), else on the pool's queue."""
+        if task.pinned is not None:
+            conn = self.workers.get(task.pinned)
+            if conn is None:
+                raise WorkerCrashed(f"worker {task.pinned} of pool {self.name!r} is not connected")
+            conn.private.append(task)
+            return
+        if task.session is not None:
+            idx = self.sessions.get(task.session)
+            if idx is None and self.workers:
+                conn = min(self.workers.values(), key=lambda c: (len(c.sessions), len(c.inflight) + len(c.private)))
+                idx = conn.index
+                conn.sessions.add(task.session)
+                self.sessions[task.session] = idx
+            if idx is not None:
+                self.workers[idx].private.append(task)
+                return
+        self.pending.append(task)
+
+    def pump(self) -> list[WorkerConn]:
+        """Hand queued tasks to workers with room; the connections that got tasks (to send)."""
+        touched: list[WorkerConn] = []
+        if not self.workers:
+            return touched
+        if self._rot_gen != self._gen:  # the workers changed: their rotations, computed once
+            vals = list(self.workers.values())
+            self._rotations = [vals[i:] + vals[:i] for i in range(len(vals))]
+            self._rot_gen = self._gen
+        self._rr = (self._rr + 1) % len(self._rotations)
+        conns = self._rotations[self._rr]
+        depth = self.depth
+        pending = self.pending
+        progress = True
+        while progress:
+            progress = False
+            for conn in conns:  # tasks bound to a worker (session affinity, probes)
+                while conn.private and len(conn.inflight) < depth:
+                    self._assign(conn, conn.private.popleft(), touched)
+            while pending:
+                conn, load = None, depth
+                for c in conns:
+                    n = len(c.inflight)
+                    if n < load:
+                        conn, load = c, n
+                        if n == 0:
+                            break
+                if conn is None:
+                    break
+                task = pending.popleft()
+                if task.session is not None:
+                    # Its session had no worker when it was submitted: bind it here.
+                    idx = self.sessions.setdefault(task.session, conn.index)
+                    if idx != conn.index:
+                        self.workers[idx].private.append(task)
+                        progress = True
+                        continue
+                    conn.sessions.add(task.session)
+                self._assign(conn, task, touched)
+        return touched
+
+    def _assign(self, conn: WorkerConn, task: Task, touched: list) -> None:
+        if not conn.inflight and task.timeout:
+            task.deadline = time.monotonic() + task.timeout
+            self._on_deadline(task.deadline)
+        conn.inflight.append(task)
+        conn.sendq.append(task)
+        if conn not in touched:
+            touched.append(conn)
+
+    def answered(self, conn: WorkerConn) -> Task:
+        """``conn``'s head task got its reply: take it off; the next one's clock starts."""
+        task = conn.inflight.popleft()
+        if conn.inflight:
+            head = conn.inflight[0]
+            if head.timeout:
+                head.deadline = time.monotonic() + head.timeout
+                self._on_deadline(head.deadline)
+        return task
+
+    def add(self, conn: WorkerConn) -> WorkerConn | None:
+        """A worker connected; the connection it replaces, if that one is still here."""
+        old = self.workers.get(conn.index)
+        self.workers[conn.index] = conn
+        self._gen += 1
+        return old
+
+    def retire(self, conn: WorkerConn) -> None:
+        """Give ``conn`` no more tasks (it is dying or dead); what it holds stays on it."""
+        if self.workers.get(conn.index) is conn:
+            del self.workers[conn.index]
+            self._gen += 1
+        for sess in conn.sessions:
+            if self.sessions.get(sess) == conn.index:
+                del self.sessions[sess]
+
+    def remove(self, conn: WorkerConn) -> tuple[Task | None, list[Task]]:
+        """``conn`` is gone: (its head task, its pinned tasks), both to fail; the tasks
+        it held that never started go back to the front of the queue, in order."""
+        self.retire(conn)
+        conn.sendq.clear()  # every queued frame is also in inflight
+        head = conn.inflight.popleft() if conn.inflight else None
+        held = list(conn.inflight) + list(conn.private)
+        conn.inflight.clear()
+        conn.private.clear()
+        for t in reversed([t for t in held if t.pinned is None]):
+            self.pending.appendleft(t)
+        return head, [t for t in held if t.pinned is not None]
+
+    def drop(self, owner) -> None:
+        """Forget the queued tasks of ``owner`` (sent ones run to their end)."""
+        self.pending = deque(t for t in self.pending if t.owner is not owner)
+        for conn in self.workers.values():
+            conn.private = deque(t for t in conn.private if t.owner is not owner)
+
+    def take_queued(self, with_inflight: bool) -> list[Task]:
+        """Every task not sent yet (and, ``with_inflight``, every sent one), taken."""
+        victims = list(self.pending)
+        self.pending.clear()
+        for conn in self.workers.values():
+            victims += list(conn.private)
+            conn.private.clear()
+            if with_inflight:
+                victims += list(conn.inflight)
+                conn.inflight.clear()
+        return victims

@@ -1,0 +1,138 @@
+"""Every message of the data plane and of the stores, named in one place.
+
+Messages are tuples (the per-batch path builds and unpacks millions of them:
+a class per message would cost more than the rest of the frame), tagged by
+their first element. Each kind is built by the function of its name here and
+read by position where it is handled; the layout of every kind is written
+below, and nowhere else. Errors that cross a process boundary travel as
+*codes*, never as text to be matched.
+
+Caller → worker (over the worker's socket, see ``slither._worker``)::
+
+    ("batch", ref, fn_key, payloads, pickled Context)
+    ("fn", fn_key, cloudpickled function)      sent once per worker before its first batch
+    ("probe", ref, fn_key)                      run fn() once on this worker
+    ("stores", {name: paths})                   stores started after the worker
+
+Worker → caller (replies keep the order of the batches)::
+
+    ("ok", ref, results)
+    ("err", ref, type name, message, formatted traceback)
+    ("bad", ref, why)                           not a list, or the wrong length
+    ("ser", ref, why)                           a result could not be pickled
+    ("unloadable", ref, [(position, "module.Class")], why)
+    ("event", event, measurements, metadata)    telemetry
+    ("log", LogRecord.__dict__)                 a logging record
+
+First frame on the hub (a worker, a pool supervisor, a nanny)::
+
+    ("worker", token, pool, index, pid)         answered ("init", sys.path, cwd, store paths)
+    ("pool_up", token, pool, supervisor pid)
+    ("pool_down", token, pool, supervisor pid)
+    ("exit", token, pool, index, pid, exitcode, faulthandler text)
+
+Store client → server: ``(client id, seq, op)`` with ``op`` one of
+``("put", table, key, value)``, ``("bulk", table, rows)``, ``("delete",
+table, key)``, ``("update", table, key, raw key, cloudpickled fn)``,
+``("reload",)``, ``("ping",)``, ``("subscribe",)``; answered ``("ok",
+value)`` or ``("err", code, message)``. Server → replica: ``("snap",
+names)``, ``("rows", name, rows)``, ``("ready",)``, ``("chg", changes)``
+(acknowledged ``("ack",)``), ``("end", why)``.
+"""
+
+from __future__ import annotations
+
+# -- caller → worker -------------------------------------------------------------
+BATCH = "batch"
+FN = "fn"
+PROBE = "probe"
+STORES = "stores"
+
+# -- worker → caller -------------------------------------------------------------
+OK = "ok"
+ERR = "err"
+BAD = "bad"
+SER = "ser"
+UNLOADABLE = "unloadable"
+EVENT = "event"
+LOG = "log"
+REPLIES = frozenset({OK, ERR, BAD, SER, UNLOADABLE})
+
+# -- hub greetings ---------------------------------------------------------------
+WORKER = "worker"
+INIT = "init"
+POOL_UP = "pool_up"
+POOL_DOWN = "pool_down"
+EXIT = "exit"
+
+# -- store error codes -----------------------------------------------------------
+MISSING_KEY = "missing_key"  # update() of a key that is not there: KeyError in the caller
+FAILED = "failed"  # the write or reload raised: StoreError with the message
+
+
+def batch(ref: int, fn_key, payloads: list, ctx_blob: bytes) -> tuple:
+    return (BATCH, ref, fn_key, payloads, ctx_blob)
+
+
+def fn(fn_key, blob: bytes) -> tuple:
+    return (FN, fn_key, blob)
+
+
+def probe(ref: int, fn_key) -> tuple:
+    return (PROBE, ref, fn_key)
+
+
+def ok(ref: int, results) -> tuple:
+    return (OK, ref, results)
+
+
+def err(ref: int, type_name: str, message: str, traceback_text: str) -> tuple:
+    return (ERR, ref, type_name, message, traceback_text)
+
+
+def bad(ref: int, why: str) -> tuple:
+    return (BAD, ref, why)
+
+
+def ser(ref: int, why: str) -> tuple:
+    return (SER, ref, why)
+
+
+def unloadable(ref: int, positions: list, why: str) -> tuple:
+    return (UNLOADABLE, ref, positions, why)
+
+
+def event(name: tuple, measurements: dict, metadata: dict) -> tuple:
+    return (EVENT, name, measurements, metadata)
+
+
+def log(record: dict) -> tuple:
+    return (LOG, record)
+
+
+def hello_worker(token: str, pool: str, index: int, pid: int) -> tuple:
+    return (WORKER, token, pool, index, pid)
+
+
+def init(sys_path: list, cwd: str, store_paths: dict) -> tuple:
+    return (INIT, sys_path, cwd, store_paths)
+
+
+def pool_up(token: str, pool: str, pid: int) -> tuple:
+    return (POOL_UP, token, pool, pid)
+
+
+def pool_down(token: str, pool: str, pid: int) -> tuple:
+    return (POOL_DOWN, token, pool, pid)
+
+
+def exit_report(token: str, pool: str, index: int, pid: int, exitcode: int, fault: str) -> tuple:
+    return (EXIT, token, pool, index, pid, exitcode, fault)
+
+
+def store_ok(value=None) -> tuple:
+    return (OK, value)
+
+
+def store_err(code: str, message: str) -> tuple:
+    return (ERR, code, message)
