@@ -248,7 +248,7 @@ class Runtime:
             from slither import cluster
 
             # A member, like `slither node`: the leader may place workers here; they read
-            # stores from replicas this process keeps (see slither._replica).
+            # stores from replicas this process keeps (see slither._store.replica).
             port, caps, self._replicas = cluster._member_setup(
                 conv.address, conv.secret, conv.capabilities, conv.name, 0, conv.listen, self._dir
             )
@@ -286,7 +286,16 @@ class Runtime:
         if self.store_classes:
             from slither import _store as store_mod
 
-            store_mod._start_stores(self, self.store_classes)
+            store_mod.start_stores(
+                self.store_classes,
+                self._stores,
+                ask=self._ask,
+                root=self._root,
+                private_dir=self._dir,
+                data_dir=self.data_dir,
+                convention=self.convention,
+                token=self.token,
+            )
         for name, spec in self.pool_specs.items():
             self._start_pool(name, spec)
         for pool in self._pools.values():
@@ -490,7 +499,7 @@ class Runtime:
                     pass
         from slither import _store as store_mod
 
-        store_mod._forget_stores(self)
+        store_mod.forget_stores(self._stores, self.token)
         if self._replicas is not None:
             self._replicas.close()
         if self._dir is not None:

@@ -271,8 +271,8 @@ def serve(
         os.chdir(cwd)
     except OSError:
         pass
-    store._on_member = remote  # stores: this node's replicas, writes over TCP to the leader
-    store._register_paths(store_paths)
+    store.use_replicas(remote)  # on a member: this node's replicas, writes over TCP to the leader
+    store.register_paths(store_paths)
     worker._info.update(pool=pool, index=index, pid=os.getpid(), batches=0, in_process=in_process, max_memory=rlimit_as)
     if not in_process:
         telemetry._forward = lambda event, measurements, metadata: send(_wire.dumps(("event", event, measurements, metadata)))
@@ -311,7 +311,7 @@ def serve(
             # ("probe", ref, fn_key): run fn with no payloads, outside a batch, on this worker.
             _run_probe(msg, send)
         elif kind == "stores":
-            store._register_paths(msg[1])
+            store.register_paths(msg[1])
         elif kind == "unloadable":
             send(_wire.dumps(msg))
 

@@ -35,6 +35,7 @@ import attrs
 from thespian.actors import Actor, ActorExitRequest, ActorSystemConventionUpdate
 
 from slither._net import MEMBER, MIN_SECRET, client_handshake, connect, parse_address, server_handshake
+from slither._store.replica import ReplicaService
 from slither.errors import ConfigurationError
 from slither.supervision import INCARNATION
 
@@ -102,7 +103,7 @@ def _member_setup(join: str, secret: bytes, capabilities, name, admin_port: int,
     this one: the bind address, the key that signs Thespian messages, the
     data-plane secret of the workers the leader places here and the socket
     of the store replica service (start it once the actor system exists)."""
-    from slither import _replica, _thespian
+    from slither import _thespian
 
     lhost, lport = parse_address(join, "join")
     MEMBER.secret = secret
@@ -121,7 +122,7 @@ def _member_setup(join: str, secret: bytes, capabilities, name, admin_port: int,
     caps["slither_member"] = "1"
     caps[INCARNATION] = secrets.token_hex(8)  # this start of the member: the leader places on it, not on a dead one
     caps["Convention Address.IPv4"] = f"{lhost}:{lport}"
-    replicas = _replica.ReplicaService(secret, base=replica_dir)
+    replicas = ReplicaService(secret, base=replica_dir)
     MEMBER.replica_sock = replicas.sock_path
     return admin_port, caps, replicas
 

@@ -351,7 +351,7 @@ class KV(slither.Store):
 
 
 def read_kv():
-    from slither import _store
+    from slither._store import local as _store
     value = KV.get("t", "k")
     return value, "slither-node-" in _store._registry["KV"].path, KV.get("t", "loaded")
 

@@ -11,7 +11,8 @@ import pytest
 from cluster_harness import SECRET, Member, _free_port
 
 import slither
-from slither import PoolSpec, Store, Table, _store
+from slither import PoolSpec, Store, Table
+from slither._store import replication
 from slither.cluster import Convention
 from slither.errors import StoreError
 from slither.testing import Rendezvous, kill_store_server
@@ -45,7 +46,7 @@ def cluster(tmp_path_factory):
     os.environ["SLITHER_TEST_GEN_FILE"] = str(gen_file)  # inherited by the store server
     # Longer than any test's timeout: a write that waits on a dead replica's
     # acknowledgement instead of noticing it is gone fails its test.
-    old_ack, _store.REPLICA_ACK_TIMEOUT = _store.REPLICA_ACK_TIMEOUT, 600.0
+    old_ack, replication.REPLICA_ACK_TIMEOUT = replication.REPLICA_ACK_TIMEOUT, 600.0
     port = _free_port()
     rt = slither.Runtime(
         pools={"default": 1}, stores=[Gen], convention=Convention(f"127.0.0.1:{port}", SECRET), start_timeout=20
@@ -57,7 +58,7 @@ def cluster(tmp_path_factory):
     finally:
         rt.shutdown()
         member.stop()
-        _store.REPLICA_ACK_TIMEOUT = old_ack
+        replication.REPLICA_ACK_TIMEOUT = old_ack
         if old is None:
             os.environ.pop("SLITHER_TEST_GEN_FILE", None)
         else:
@@ -70,7 +71,7 @@ def on_member(rt, fn):
 
 
 def where_and_what():
-    from slither import _store
+    from slither._store import local as _store
 
     value, version = Gen.get("kv", "k"), Gen.version()  # the first read finds the replica
     e = _store._registry["Gen"]

@@ -13,7 +13,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from slither import Store, Table, _keys, _replica, _store
+from slither import Store, Table, _keys
+from slither._store import replica as _replica
+from slither._store import schema
+from slither._store import server as store_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -33,7 +36,7 @@ def pair(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    init = _store.StoreInit(
+    init = store_server.StoreInit(
         "Loaded",
         str(tmp_path_factory.mktemp("leader") / "Loaded"),
         str(tmp_path_factory.mktemp("sock") / "s.sock"),
@@ -43,7 +46,7 @@ def pair(tmp_path_factory):
         ("127.0.0.1", port),
         SECRET,
     )
-    server = _store._Server(init)
+    server = store_server._Server(init)
     server.start()
     service = _replica.ReplicaService(SECRET)
     service.start()
@@ -113,7 +116,7 @@ class Replication(RuleBasedStateMachine):
 
     @invariant()
     def replica_holds_what_the_leader_holds(self):
-        names = {b"__meta__": self.server.meta, **{_store._dbname(t): db for t, db in self.server.dbs.items()}}
+        names = {b"__meta__": self.server.meta, **{schema._dbname(t): db for t, db in self.server.dbs.items()}}
         leader = dump(self.server.env, names)
         replica = dump(self.replica.env, {n: self.replica.dbs[n] for n in names})
         assert replica == leader

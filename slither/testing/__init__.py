@@ -263,7 +263,7 @@ def once_per(marker_dir: str, fault: Callable[[Callable, Callable], Callable], f
 
 def kill_store_server(rt, store) -> int:
     """SIGKILL the server process of ``store`` (a Store class or name); return its pid."""
-    from slither._store import _store_name
+    from slither._store.schema import _store_name
 
     handle = rt._stores[_store_name(store)]
     pid = handle.server_pid()

@@ -35,10 +35,10 @@ import lmdb
 from loguru import logger
 
 from slither import _net, _wire
+from slither._store.schema import MAP_SIZE
 from slither._sys import private_dir, serve_forever
 from slither.errors import StoreError
 
-MAP_SIZE = 1 << 36
 READY_TIMEOUT = 30.0
 
 
