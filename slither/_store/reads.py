@@ -9,7 +9,7 @@ from typing import Any
 
 from slither import _keys
 from slither._store.local import _Entry, _entry
-from slither._store.schema import ANY
+from slither._store.schema import ANY, bag_rows
 
 _encode = _keys.encode
 _loads = pickle.loads
@@ -56,15 +56,8 @@ class _Reader:
         return pickle.loads(raw)[1]
 
     def _prefix(self, db, k: bytes):
-        cur = self.txn.cursor(db=db)
-        n = len(k) + 8
-        if cur.set_range(k):
-            for raw_k, raw_v in cur:
-                if not raw_k.startswith(k):
-                    break
-                if len(raw_k) == n:
-                    yield pickle.loads(raw_v)
-        cur.close()
+        for _, raw_v in bag_rows(self.txn, db, k):
+            yield pickle.loads(raw_v)
 
     def items(self, table: str) -> Iterator[tuple]:
         db = self.e.db(table)

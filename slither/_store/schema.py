@@ -79,3 +79,19 @@ def _dbname(table: str) -> bytes:
 
 def _store_name(store) -> str:
     return store if isinstance(store, str) else store.store_name
+
+
+def bag_rows(txn, db, k: bytes):
+    """``(raw key, raw value)`` of every value of bag key ``k`` (stored as ``k`` + an
+    8-byte sequence number; a longer key that starts with ``k`` is another key)."""
+    n = len(k) + 8
+    cur = txn.cursor(db=db)
+    try:
+        if cur.set_range(k):
+            for raw_k, raw_v in cur:
+                if not raw_k.startswith(k):
+                    break
+                if len(raw_k) == n:
+                    yield raw_k, raw_v
+    finally:
+        cur.close()

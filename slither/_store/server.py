@@ -27,7 +27,7 @@ from slither import _keys, _net, _protocol, _wire
 from slither._store import replication
 from slither._store.local import _server_envs
 from slither._store.replication import Recorder, Subscriber, serve_replica
-from slither._store.schema import MAP_SIZE, _dbname
+from slither._store.schema import MAP_SIZE, _dbname, bag_rows
 from slither._sys import serve_forever
 from slither.errors import StoreError
 from slither.supervision import SupervisedActor
@@ -108,13 +108,8 @@ class _Server:
             txn.put(k, v, db=db)
             return
         value = pickle.loads(v)[1]
-        cur = txn.cursor(db=db)
-        if cur.set_range(k):
-            for raw_k, raw_v in cur:
-                if not raw_k.startswith(k):
-                    break
-                if len(raw_k) == len(k) + 8 and pickle.loads(raw_v)[1] == value:
-                    return  # a bag holds distinct values
+        if any(pickle.loads(raw_v)[1] == value for _, raw_v in bag_rows(txn, db, k)):
+            return  # a bag holds distinct values
         ck = b"seq:" + table.encode()
         n = int(txn.get(ck, db=self.meta) or 0) + 1
         txn.put(ck, str(n).encode(), db=self.meta)
@@ -125,14 +120,7 @@ class _Server:
         if self.tables[table] != "bag":
             txn.delete(k, db=db)
             return
-        cur = txn.cursor(db=db)
-        doomed = []
-        if cur.set_range(k):
-            for raw_k in cur.iternext(keys=True, values=False):
-                if not raw_k.startswith(k):
-                    break
-                if len(raw_k) == len(k) + 8:
-                    doomed.append(raw_k)
+        doomed = [bytes(raw_k) for raw_k, _ in bag_rows(txn, db, k)]
         for dk in doomed:
             txn.delete(dk, db=db)
 
