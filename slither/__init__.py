@@ -8,20 +8,10 @@ process), :func:`dispatch` (batched fan-out with backpressure), and
 from loguru import logger as _logger
 
 from slither import cluster, errors, stage, telemetry, worker
-from slither._dispatch import (
-    FixedBatch,
-    InlineExecutor,
-    KeyPartition,
-    Retry,
-    Route,
-    Strategy,
-    WeightedBatch,
-    call_batch,
-    dispatch,
-    dispatch_stream,
-)
+from slither._api import call_batch, dispatch, dispatch_stream, run_pipe, start_pipe, stream_pipe
+from slither._dispatch import FixedBatch, InlineExecutor, KeyPartition, Retry, Route, Strategy, WeightedBatch
 from slither._item import Context, Item
-from slither._pipe import Pipe, PipeHandle, PipeResult, run_pipe, start_pipe, stream_pipe
+from slither._pipe import Pipe, PipeHandle, PipeResult
 from slither._runtime import PoolSpec, Runtime, runtime, shutdown, start
 from slither._store import ANY, Store, Table, View
 from slither.cluster import Convention

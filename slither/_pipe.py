@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 
 from slither import telemetry
-from slither._dispatch import Retry, Route, _Dispatch, check_policy
+from slither._dispatch import Retry, Route, _Dispatch, check_policy, progress_bar
 from slither._item import Context, Item
 from slither.errors import (
     ConfigurationError,
@@ -551,9 +551,7 @@ def _check_pipe(pipe) -> None:
 
 def _rt(runtime):
     if runtime is None:
-        from slither._runtime import runtime as default_runtime
-
-        return default_runtime()
+        raise ConfigurationError("a pipe needs a runtime: use slither.run_pipe (and friends) or the Runtime's methods")
     runtime._require()
     return runtime
 
@@ -620,9 +618,7 @@ def run_pipe(
     result.skipped = []
     bar = None
     if progress:
-        from slither._dispatch import _progress
-
-        bar = _progress(True, len(items) if hasattr(items, "__len__") else None)
+        bar = progress_bar(True, len(items) if hasattr(items, "__len__") else None)
     with telemetry.span(("slither", "pipe", "run"), {"pipe": pipe.pipe_name, "session_id": run.ctx.session_id}):
         run.start(items)
         try:
@@ -668,9 +664,7 @@ def stream_pipe(
     rt = _rt(runtime)
 
     def gen():
-        from slither._dispatch import _progress
-
-        bar = _progress(progress, len(items) if hasattr(items, "__len__") else None)
+        bar = progress_bar(progress, len(items) if hasattr(items, "__len__") else None)
         run = _Run(pipe, rt, session_id, metadata)
         run.start(items)
         try:

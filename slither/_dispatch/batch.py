@@ -1,0 +1,133 @@
+"""A dispatch's batches: how they are cut from the input and pickled for a worker.
+
+A batch cut from raw payloads (the common case) keeps the payloads and a
+range of fresh ids, and builds its input Items only if something needs them
+(a failure policy, an executor): the result Items carry the same ids.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+from itertools import repeat
+
+from slither import _pickle, _protocol, _wire
+from slither._item import _EMPTY, Item, _ItemSlots, _make, _next_ids
+from slither.errors import SerializationError
+
+
+class _Batch:
+    """One batch of a dispatch.
+
+    A batch cut from raw payloads (the common case) keeps the payloads and
+    a range of fresh ids, and builds its input Items only if something needs
+    them (a failure policy, an executor): the result Items carry the same ids.
+    """
+
+    __slots__ = ("seq", "_items", "ids", "payloads", "attempts", "chunks", "t0", "start", "by_value")
+
+    def __init__(self, seq, items, ids=None, payloads=None):
+        self.seq = seq
+        self._items = items
+        self.ids = ids
+        self.payloads = payloads
+        self.attempts = 0
+        self.chunks = None
+        self.t0 = 0
+        self.start: int | None = None  # position of its first item in the input (FixedBatch)
+        self.by_value = False  # pickled with cloudpickle (see slither._pickle)
+
+    @property
+    def items(self) -> list[Item]:
+        if self._items is None:
+            self._items = list(map(_ItemSlots, self.ids, self.payloads, repeat(_EMPTY), repeat("default")))
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self.payloads) if self._items is None else len(self._items)
+
+
+class _RawChunk:
+    """What ``fixed_batches`` yields for a chunk of payloads (no Items yet)."""
+
+    __slots__ = ("ids", "payloads")
+
+    def __init__(self, ids, payloads):
+        self.ids = ids
+        self.payloads = payloads
+
+
+def wrapped(items):
+    """The input as Items (raw payloads wrapped). Ids come in blocks of 1024: one lock
+    per block, not per item."""
+    ids = iter(())
+    for x in items:
+        if isinstance(x, Item):
+            yield x
+            continue
+        i = next(ids, None)
+        if i is None:
+            ids = iter(_next_ids(1024))
+            i = next(ids)
+        yield _make(Item, i, x, _EMPTY, "default")
+
+
+def fixed_batches(items, size: int):
+    """FixedBatch over the input (the hot path): a chunk of payloads stays unwrapped."""
+    it = iter(items)
+    while True:
+        chunk = list(itertools.islice(it, size))
+        if not chunk:
+            return
+        ids = _next_ids(len(chunk))
+        if not any(issubclass(t, Item) for t in set(map(type, chunk))):  # C-speed scan: usually one type
+            yield _RawChunk(ids, chunk)
+            continue
+        ids = iter(ids)
+        yield [x if isinstance(x, Item) else _ItemSlots(next(ids), x, _EMPTY, "default") for x in chunk]
+
+
+def bad_item(b: _Batch, k: int, why: str) -> SerializationError:
+    """The error naming item ``k`` of batch ``b``: its id, and its position in the input when known."""
+    item = b.items[k]
+    pos = None if b.start is None else b.start + k
+    where = f"at position {pos} of the input" if pos is not None else f"{k} of batch {b.seq}"
+    return SerializationError(f"item {item.id!r} ({where}) {why}", item_id=item.id, position=pos)
+
+
+class Packer:
+    """Pickles a dispatch's batches into frames: with the C pickler while it can, by
+    value (cloudpickle) for the rest of the dispatch once a batch needed it."""
+
+    __slots__ = ("fn_key", "ctx", "_ctx_blob", "by_value")
+
+    def __init__(self, fn_key, ctx):
+        self.fn_key = fn_key
+        self.ctx = ctx
+        self._ctx_blob: bytes | None = None
+        self.by_value = False
+
+    def pack(self, b: _Batch, ref: int) -> list:
+        """The frame of ``b``. Raises ``SerializationError`` naming the item that cannot be pickled."""
+        payloads = b.payloads if b.payloads is not None else [i.payload for i in b.items]
+        if self._ctx_blob is None:  # the Context is the same for every batch: pickled once
+            try:
+                self._ctx_blob = pickle.dumps(self.ctx, protocol=5)
+            except Exception:  # noqa: BLE001 - metadata holding a local class, say
+                self._ctx_blob = _pickle.dumps_by_value(self.ctx)
+        msg = _protocol.batch(ref, self.fn_key, payloads, self._ctx_blob)
+        if not (b.by_value or self.by_value):
+            try:
+                return _wire.dumps(msg)
+            except Exception:  # noqa: BLE001 - a local class, a lambda in a payload: cloudpickle can
+                self.by_value = True  # the rest of this dispatch goes by value at once
+        b.by_value = True
+        try:
+            return _wire.dumps(msg, by_value=True)
+        except Exception as exc:
+            for k, item in enumerate(b.items):
+                try:
+                    _pickle.dumps_by_value(item.payload)
+                except Exception as inner:  # noqa: BLE001
+                    raise bad_item(b, k, f"could not be pickled: {type(inner).__name__}: {inner}") from inner
+            raise SerializationError(f"batch {b.seq} could not be pickled: {type(exc).__name__}: {exc}") from exc
