@@ -1,0 +1,128 @@
+"""Running a pipe: to the end (``run_pipe``), as a stream (``stream_pipe``), or for
+as long as you like (``start_pipe``: a :class:`PipeHandle`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from slither import telemetry
+from slither._dispatch import progress_bar
+from slither._item import Item
+from slither._pipe.definition import _SEQ, Pipe, PipeResult
+from slither._pipe.handle import _PRIVATE, PipeHandle
+from slither._pipe.run import _collect, _Run, _strip
+from slither.errors import ConfigurationError, PipeError
+
+
+def _check_pipe(pipe) -> None:
+    if not (isinstance(pipe, type) and issubclass(pipe, Pipe)):
+        raise ConfigurationError(f"expected a slither.Pipe subclass, got {pipe!r}")
+
+
+def _rt(runtime):
+    if runtime is None:
+        raise ConfigurationError("a pipe needs a runtime: use slither.run_pipe (and friends) or the Runtime's methods")
+    runtime._require()
+    return runtime
+
+
+def run_pipe(
+    pipe,
+    items: Iterable,
+    *,
+    runtime=None,
+    session_id: str | None = None,
+    metadata: dict | None = None,
+    progress: bool | None = None,
+) -> PipeResult:
+    """Run ``pipe`` over ``items``; return every output's items.
+
+    Raises:
+        PipeError: a stage failed under ``"halt"`` (``.partial_results`` holds
+            the outputs gathered so far).
+    """
+    _check_pipe(pipe)
+    rt = _rt(runtime)
+    run = _Run(pipe, rt, session_id, metadata)
+    result = PipeResult({o: [] for o in ["default", *pipe.outputs]})
+    result.skipped = []
+    bar = None
+    if progress:
+        bar = progress_bar(True, len(items) if hasattr(items, "__len__") else None)
+    with telemetry.span(("slither", "pipe", "run"), {"pipe": pipe.pipe_name, "session_id": run.ctx.session_id}):
+        run.start(items)
+        try:
+            for name, item in _collect(run):
+                (result.skipped if name == "skipped" else result[name]).append(item)
+                if bar:
+                    bar.update(1)
+        except PipeError as exc:
+            for k in result:
+                result[k] = [_strip(i) for i in result[k]]
+            result.skipped = [_strip(i) for i in result.skipped]
+            result.stats = run.stats
+            exc.partial_results = result
+            raise
+        finally:
+            run.cancel.set()
+            if bar:
+                bar.close()
+    key = lambda it: it.meta.get(_SEQ, ())  # noqa: E731
+    for k in result:
+        result[k] = [_strip(i) for i in sorted(result[k], key=key)]
+    result.skipped = [_strip(i) for i in sorted(result.skipped, key=key)]
+    result.stats = run.stats
+    return result
+
+
+def stream_pipe(
+    pipe,
+    items: Iterable,
+    *,
+    runtime=None,
+    session_id: str | None = None,
+    metadata: dict | None = None,
+    progress: bool | None = None,
+) -> Iterator[tuple[str, Item]]:
+    """Run ``pipe`` lazily over a (possibly endless) iterable; yield ``(output, item)``.
+
+    Skipped items come as ``("skipped", item)``. Memory stays bounded: the
+    input is read only as fast as results are taken. Closing the iterator
+    stops the run. ``progress=True`` shows a tqdm bar on stderr.
+    """
+    _check_pipe(pipe)
+    rt = _rt(runtime)
+
+    def gen():
+        bar = progress_bar(progress, len(items) if hasattr(items, "__len__") else None)
+        run = _Run(pipe, rt, session_id, metadata)
+        run.start(items)
+        try:
+            for name, item in _collect(run):
+                if bar:
+                    bar.update(1)
+                yield name, _strip(item)
+        finally:
+            run.cancel.set()
+            if bar:
+                bar.close()
+
+    return gen()
+
+
+def start_pipe(
+    pipe, *, runtime=None, session_id: str | None = None, metadata: dict | None = None, max_pending: int = 10_000
+) -> PipeHandle:
+    """Start a long-lived pipe on the runtime; return its :class:`PipeHandle`.
+
+    ``max_pending`` bounds inputs submitted whose results were not yet taken
+    with ``results()``: past it, ``submit`` blocks. The runtime stops the
+    pipe at ``shutdown()``.
+    """
+    _check_pipe(pipe)
+    rt = _rt(runtime)
+    if not isinstance(max_pending, int) or max_pending < 1:
+        raise ConfigurationError(f"max_pending must be a positive int, got {max_pending!r}")
+    handle = PipeHandle(_PRIVATE, pipe, rt, session_id, metadata, max_pending)
+    rt._pipes.append(handle)
+    return handle

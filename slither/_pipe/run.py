@@ -1,0 +1,208 @@
+"""One execution of a pipe: a feeder (or a handle), one thread per stage, an out queue.
+
+Declarative pipelines: inline, pool and router stages, pipelined.
+
+How items travel::
+
+    input ─feeder─▶ [inbox 0] ─stage 0 thread─▶ [inbox 1] ─stage 1─▶ ... ─▶ [out]
+     (lazy)          bounded        │                bounded      │            │
+                                    └─ Routed / router match / Route policy ─┐ │
+                                    └─ Skip / skip policy ─────────────────┐ │ │
+                                                                           ▼ ▼ ▼
+                                                      collector (run_pipe / stream_pipe /
+                                                      PipeHandle.results) in the caller
+
+* Every stage runs in its own thread of the coordinating (caller's)
+  process, so stage N works on chunk k while stage N+1 works on chunk k-1.
+  Inboxes hold at most ``Pipe.buffer`` chunks of at most ``Pipe.chunk_size``
+  items: memory is bounded end to end and the input is read lazily.
+* A pool stage is a streaming Dispatch whose source is its inbox: its
+  batches go caller → worker → caller with the stage's window, retries and
+  timeouts; whatever sits in the inbox is batched at once, so a lone item in
+  a long-lived pipe does not wait for a full batch.
+* Order within an output follows input order in ``run_pipe`` (each item
+  carries its input position until it is collected).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+
+import attrs
+
+from slither._dispatch import Retry, Route
+from slither._item import Context, Item
+from slither._pipe import stages
+from slither._pipe.definition import _SEQ, EOS, _policy
+from slither._pipe.stages import _crashed
+from slither.errors import PipeError
+
+_STAGES = {"inline": stages.inline, "pool": stages.pool, "router": stages.router}
+
+
+class _Run:
+    """One execution of a pipe: a feeder (or a handle), one thread per stage, an out queue."""
+
+    def __init__(self, pipe, rt, session_id=None, metadata=None, out_maxsize=None):
+        self.pipe = pipe
+        self.rt = rt
+        ctx = Context(pipe=pipe.pipe_name, stores={a: s.store_name for a, s in pipe.stores.items()}, metadata=metadata or {})
+        if session_id is not None:
+            ctx = attrs.evolve(ctx, session_id=session_id)
+        self.ctx = ctx
+        n = len(pipe.stages)
+        self.inboxes = [queue.Queue(maxsize=pipe.buffer) for _ in range(n)]
+        self.out = queue.Queue(maxsize=out_maxsize or pipe.buffer * 4)
+        self.cancel = threading.Event()
+        self.error: PipeError | None = None
+        self.stats = {st.name: {"in": 0, "out": 0, "skipped": 0, "routed": 0, "seconds": 0.0} for st in pipe.stages}
+        self.threads: list[threading.Thread] = []
+        self._err_lock = threading.Lock()
+        self.fanout: Callable[[int, int], None] | None = None  # (input seq, results - 1) at a cardinality="many" stage
+
+    # -- plumbing ------------------------------------------------------
+    def put(self, q: queue.Queue, msg) -> bool:
+        while not self.cancel.is_set():
+            try:
+                q.put(msg, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self, q: queue.Queue):
+        while not self.cancel.is_set():
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return EOS
+
+    def fail(self, stage, reason) -> None:
+        with self._err_lock:
+            if self.error is None:
+                self.error = PipeError(self.pipe.pipe_name, stage, reason)
+                self.error.__cause__ = reason if isinstance(reason, BaseException) else None
+        self.cancel.set()
+        try:
+            self.out.put_nowait(("error",))
+        except queue.Full:
+            pass  # the collector also checks self.error whenever it wakes
+
+    def start(self, source: Iterable | None) -> None:
+        if source is not None:
+            self._spawn(self._feeder, source, name="feeder")
+        for i, st in enumerate(self.pipe.stages):
+            target = _STAGES[st.kind]
+            self._spawn(self._stage_main, i, st, target, name=st.name)
+
+    def _spawn(self, fn, *args, name):
+        t = threading.Thread(target=fn, args=args, name=f"slither-pipe-{self.pipe.pipe_name}-{name}", daemon=True)
+        self.threads.append(t)
+        t.start()
+
+    def _feeder(self, source) -> None:
+        n = 0
+        chunk = []
+        try:
+            for x in source:
+                item = x if isinstance(x, Item) else Item.wrap(x)
+                chunk.append(item.put_meta({_SEQ: (n,)}))
+                n += 1
+                if len(chunk) >= self.pipe.chunk_size:
+                    if not self.put(self.inboxes[0], chunk):
+                        return
+                    chunk = []
+                if self.cancel.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - the input iterator raised (even SystemExit): fail, never hang
+            self.fail(None, exc)
+            return
+        if chunk:
+            self.put(self.inboxes[0], chunk)
+        self.put(self.inboxes[0], EOS)
+
+    def _stage_main(self, i, st, target) -> None:
+        nxt = self.inboxes[i + 1] if i + 1 < len(self.inboxes) else None
+        try:
+            target(self, i, st, nxt)
+        except stages.Halt as h:
+            self.fail(h.stage, h.reason)
+        except BaseException as exc:  # noqa: BLE001 - a bug in a stage: halt, never hang
+            self.fail(st.name, exc if isinstance(exc, Exception) else _crashed(st, exc))
+
+    def _emit(self, direct, skipped) -> None:
+        if direct or skipped:
+            self.put(self.out, ("items", direct, skipped))
+
+    def _forward(self, nxt, items) -> None:
+        if not items:
+            return
+        if nxt is None:
+            self.put(self.out, ("items", [("default", it) for it in items], []))
+        else:
+            self.put(nxt, items)
+
+    def _end(self, nxt) -> None:
+        if nxt is None:
+            self.put(self.out, ("eos",))
+        else:
+            self.put(nxt, EOS)
+
+    # -- failures ------------------------------------------------------
+    def _failed_item(self, st, item, reason, direct, skipped, policy=None) -> None:
+        policy = policy if policy is not None else _policy(self.pipe, st.name)
+        if isinstance(policy, Retry):
+            policy = policy.then
+        if policy == "skip":
+            skipped.append(item.put_meta({"skipped": True, "error": reason, "stage": st.name}))
+            self.stats[st.name]["skipped"] += 1
+        elif isinstance(policy, Route):
+            direct.append((policy.fn, item.put_meta({"error": reason, "stage": st.name})))
+            self.stats[st.name]["routed"] += 1
+        else:
+            raise stages.Halt(st.name, reason)
+
+    # -- stage kinds ---------------------------------------------------
+
+
+def _strip(item: Item) -> Item:
+    if _SEQ not in item.meta:
+        return item
+    meta = dict(item.meta)
+    meta.pop(_SEQ)
+    return Item(item.id, item.payload, meta, item.route)
+
+
+def _collect(run: _Run) -> Iterator[tuple[str, Item]]:
+    """Yield (output, item) from a run until it ends; raise its PipeError."""
+    ended = False
+    try:
+        while True:
+            try:
+                msg = run.out.get(timeout=0.1)
+            except queue.Empty:
+                msg = None
+            if msg is None:  # raised outside the except: the PipeError keeps its own cause
+                if run.error is not None:
+                    raise run.error
+                if run.cancel.is_set():
+                    return  # stopped without draining: nothing more will come
+                continue
+            if msg[0] == "items":
+                for name, item in msg[1]:
+                    yield name, item
+                for item in msg[2]:
+                    yield "skipped", item
+            elif msg[0] == "eos":
+                ended = True
+                if run.error is not None:
+                    raise run.error
+                return
+            elif msg[0] == "error":
+                raise run.error
+    finally:
+        if not ended:
+            run.cancel.set()  # the consumer left early, or the run failed: stop every stage
