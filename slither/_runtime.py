@@ -35,11 +35,21 @@ from typing import Any
 
 import attrs
 from loguru import logger
+from thespian.actors import ActorExitRequest, ActorSystem, NoCompatibleSystemForActor
 
-from slither import _thespian  # noqa: F401 - applies the loopback patch before any system starts
-from slither._actors import PoolInit, PoolSupervisor, RootSupervisor, WatchCaller, Worker, WorkerInit
+from slither import (
+    _dispatch,
+    _pipe,
+    _thespian,  # noqa: F401 - applies the loopback patch before any system starts
+    cluster,
+    worker,
+)
+from slither import _store as store_mod
+from slither._actors import PlacementProbe, PoolInit, PoolSupervisor, RootSupervisor, WatchCaller, Worker, WorkerInit
 from slither._pool import Hub, Pool
+from slither._store import Store
 from slither._sys import free_port, node_key, pids_in_group, private_dir
+from slither.cluster import Convention
 from slither.errors import ConfigurationError, RuntimeNotStarted
 from slither.supervision import ChildSpec, ChildStarted, ChildStopped, Identity, StartChild, StopChild, SupervisorInit
 
@@ -158,8 +168,6 @@ class Runtime:
     ):
         if base not in BASES:
             raise ConfigurationError(f"base must be one of {BASES}, got {base!r}")
-        from slither.cluster import Convention
-
         if convention is not None and not isinstance(convention, Convention):
             raise ConfigurationError(f"convention: expected a slither.cluster.Convention, got {type(convention).__name__}")
         if convention is not None and base != "multiprocTCPBase":
@@ -171,8 +179,6 @@ class Runtime:
         for n, spec in self.pool_specs.items():
             self._check_where(n, spec)
         self.store_classes = list(stores)
-        from slither._store import Store
-
         for s in self.store_classes:
             if not (isinstance(s, type) and issubclass(s, Store)):
                 raise ConfigurationError(f"stores: expected Store subclasses, got {s!r}")
@@ -238,15 +244,11 @@ class Runtime:
         return self
 
     def _start(self) -> None:
-        from thespian.actors import ActorSystem
-
         t0 = time.monotonic()
         self._dir = private_dir("slither-")
         _thespian.prepare_environment(self._dir)
         conv = self.convention
         if conv is not None and conv.join:
-            from slither import cluster
-
             # A member, like `slither node`: the leader may place workers here; they read
             # stores from replicas this process keeps (see slither._store.replica).
             port, caps, self._replicas = cluster._member_setup(
@@ -284,8 +286,6 @@ class Runtime:
         if self.base != "simpleSystemBase":
             self._asys.tell(self._root, WatchCaller(os.getpid(), os.getpgid(0), self._dir))
         if self.store_classes:
-            from slither import _store as store_mod
-
             store_mod.start_stores(
                 self.store_classes,
                 self._stores,
@@ -324,10 +324,6 @@ class Runtime:
         Raises:
             TimeoutError: none did within ``timeout`` seconds.
         """
-        from thespian.actors import ActorExitRequest, NoCompatibleSystemForActor
-
-        from slither._actors import PlacementProbe
-
         if self._asys is None:
             raise RuntimeNotStarted("the runtime is not started")
         deadline = time.monotonic() + timeout
@@ -497,8 +493,6 @@ class Runtime:
                     os.killpg(self._pgid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        from slither import _store as store_mod
-
         store_mod.forget_stores(self._stores, self.token)
         if self._replicas is not None:
             self._replicas.close()
@@ -538,48 +532,34 @@ class Runtime:
     # -- the public API, bound to this runtime ---------------------------
     def dispatch(self, items, fn=None, **opts):
         """See :func:`slither.dispatch`."""
-        from slither import _dispatch as d
-
-        return d.dispatch(items, fn, runtime=self, **opts)
+        return _dispatch.dispatch(items, fn, runtime=self, **opts)
 
     def dispatch_stream(self, items, fn=None, **opts):
         """See :func:`slither.dispatch_stream`."""
-        from slither import _dispatch as d
-
-        return d.dispatch_stream(items, fn, runtime=self, **opts)
+        return _dispatch.dispatch_stream(items, fn, runtime=self, **opts)
 
     def call_batch(self, batch, fn=None, **opts):
         """See :func:`slither.call_batch`."""
-        from slither import _dispatch as d
-
-        return d.call_batch(batch, fn, runtime=self, **opts)
+        return _dispatch.call_batch(batch, fn, runtime=self, **opts)
 
     def run_on_workers(self, fn, pool: str = "default", timeout: float = 30.0) -> list[tuple[int, Any]]:
         """Run ``fn()`` once on every connected worker of ``pool``; ``[(pid, value)]``.
 
         Useful to collect process-local state (counters, caches) from workers.
         """
-        from slither import _dispatch as d
-
-        return d.run_on_workers(self, fn, pool, timeout)
+        return _dispatch.run_on_workers(self, fn, pool, timeout)
 
     def run_pipe(self, pipe, items, **opts):
         """See :func:`slither.run_pipe`."""
-        from slither import _pipe as p
-
-        return p.run_pipe(pipe, items, runtime=self, **opts)
+        return _pipe.run_pipe(pipe, items, runtime=self, **opts)
 
     def stream_pipe(self, pipe, items, **opts):
         """See :func:`slither.stream_pipe`."""
-        from slither import _pipe as p
-
-        return p.stream_pipe(pipe, items, runtime=self, **opts)
+        return _pipe.stream_pipe(pipe, items, runtime=self, **opts)
 
     def start_pipe(self, pipe, **opts):
         """Start a long-lived, supervised pipe; returns a :class:`slither.pipe.PipeHandle`."""
-        from slither import _pipe as p
-
-        return p.start_pipe(pipe, runtime=self, **opts)
+        return _pipe.start_pipe(pipe, runtime=self, **opts)
 
 
 # -- the process-wide default runtime -----------------------------------------
@@ -630,8 +610,6 @@ def runtime() -> Runtime:
         return current
     with _default_lock:
         if _default is None or not _default.running:
-            from slither import worker
-
             info = worker._info
             if info.get("pool") is not None and not info.get("in_process"):
                 raise RuntimeError(

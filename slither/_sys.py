@@ -3,8 +3,11 @@ private directories, accept loops, and the cheap repr every actor message uses."
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -96,6 +99,20 @@ def serve_forever(listener: socket.socket, handle: Callable, name: str, closed: 
         except OSError:
             return
         threading.Thread(target=handle, args=(conn, peer), name=name, daemon=True).start()
+
+
+def link_to_parent(parent: int) -> None:
+    """SIGKILL this process when ``parent`` dies, as a linked Erlang process does
+    (Linux ``PR_SET_PDEATHSIG``; elsewhere nothing changes). Exits at once if the
+    parent is already gone."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def cheap_repr(self) -> str:

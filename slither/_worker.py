@@ -25,7 +25,6 @@ worker lives on: only a real death of the process is a crash.
 
 from __future__ import annotations
 
-import ctypes
 import faulthandler
 import importlib
 import logging
@@ -40,9 +39,10 @@ from typing import Any
 
 import cloudpickle
 
-from slither import _net, _pickle, _wire, telemetry, worker
+from slither import _net, _pickle, _thespian, _wire, telemetry, worker
+from slither import _store as store
 from slither._item import Context
-from slither._sys import node_key, vm_size
+from slither._sys import link_to_parent, node_key, vm_size
 
 _IGNORED_BY_PYTHON = (signal.SIGPIPE, signal.SIGXFSZ)  # what CPython itself ignores at start-up
 
@@ -68,16 +68,6 @@ def _ordinary_signals(fault_fd: int | None) -> None:
         # alone would not install its handlers again over the ones reset above.
         faulthandler.disable()
         faulthandler.enable(file=fault_fd, all_threads=True)
-
-
-def _die_with(parent: int) -> None:
-    """SIGKILL this process when ``parent`` (the nanny) dies, as a linked Erlang process does."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        os._exit(0)
 
 
 class _Forward(logging.Handler):
@@ -108,8 +98,6 @@ def _ordinary_logging(send) -> None:
     its forwarder, which refuses handlers), with the caller's levels as they were when
     the runtime started, and every record sent to the caller instead of the caller's
     handlers (which would write to the caller's files and terminal a second time)."""
-    from slither import _thespian
-
     root, manager = _thespian.CALLER_LOGGING
     logging.root = logging.Logger.root = root
     logging.Logger.manager = manager
@@ -250,8 +238,6 @@ def serve(
         # can already be large: the limit is what the worker may add on top of it.
         limit = vm_size() + rlimit_as
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    from slither import _store as store
-
     remote = hub_tcp is not None and (_net.MEMBER.force_network or node_key() != leader_node)
     if remote:
         sock = _net.connect(tuple(hub_tcp), _net.MEMBER.secret)  # a member's worker: the network path
@@ -320,7 +306,7 @@ def run_forked(init, nanny_pid: int, fault_fd: int | None) -> None:
     """The body of a forked worker process (see the module docstring). Never returns."""
     code = 0
     try:
-        _die_with(nanny_pid)
+        link_to_parent(nanny_pid)
         _ordinary_signals(fault_fd)
         serve(
             init.hub_path, init.token, init.pool, init.index, init.rlimit_as, hub_tcp=init.hub_tcp, leader_node=init.leader_node

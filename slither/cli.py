@@ -19,6 +19,7 @@ import importlib
 import sys
 import time
 
+from slither import cluster
 from slither.examples import DESCRIPTIONS, EXAMPLES
 from slither.examples._common import MissingExtra, gil_status, progress_wanted
 
@@ -103,8 +104,6 @@ def cmd_baseline(args, parser) -> int:
 
 def cmd_node(args, parser) -> int:
     import os
-
-    from slither import cluster
 
     secret = None
     if args.secret_file:

@@ -32,8 +32,10 @@ import threading
 import time
 
 import attrs
-from thespian.actors import Actor, ActorExitRequest, ActorSystemConventionUpdate
+from thespian.actors import Actor, ActorExitRequest, ActorSystem, ActorSystemConventionUpdate
 
+from slither import _thespian
+from slither._actors import RootSupervisor, WatchCaller
 from slither._net import MEMBER, MIN_SECRET, client_handshake, connect, parse_address, server_handshake
 from slither._store.replica import ReplicaService
 from slither.errors import ConfigurationError
@@ -103,8 +105,6 @@ def _member_setup(join: str, secret: bytes, capabilities, name, admin_port: int,
     this one: the bind address, the key that signs Thespian messages, the
     data-plane secret of the workers the leader places here and the socket
     of the store replica service (start it once the actor system exists)."""
-    from slither import _thespian
-
     lhost, lport = parse_address(join, "join")
     MEMBER.secret = secret
     if host is None:
@@ -211,10 +211,6 @@ def run_node(
     Raises:
         NotAccepted: ``join_timeout`` passed without the leader accepting.
     """
-    from thespian.actors import ActorSystem
-
-    from slither import _thespian
-
     MEMBER.force_network = network_only
     secret = _as_secret(secret)
     admin_port, caps, replicas = _member_setup(join, secret, capabilities, name, admin_port, host, replica_dir)
@@ -223,8 +219,6 @@ def run_node(
     )
     # Thespian's admin detaches from this process: a watchdog actor kills the
     # member's actors if this process dies without shutting them down.
-    from slither._actors import RootSupervisor, WatchCaller
-
     watchdog = asys.createActor(RootSupervisor)
     asys.tell(watchdog, WatchCaller(os.getpid(), os.getpgid(0), replicas.dir))
     replicas.start()  # threads only after Thespian forked its admin from this process

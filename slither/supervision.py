@@ -39,11 +39,8 @@ does (Linux ``PR_SET_PDEATHSIG``; elsewhere nothing changes).
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
-import signal
-import sys
 import time
 from collections import deque
 from datetime import timedelta
@@ -59,7 +56,7 @@ from thespian.actors import (
     WakeupMessage,
 )
 
-from slither._sys import cheap_repr, node_key, pid_alive
+from slither._sys import cheap_repr, link_to_parent, node_key, pid_alive
 
 RESTART_TYPES = ("permanent", "transient", "temporary")
 STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
@@ -196,23 +193,9 @@ def _die_with_parent() -> None:
     process, as with ``simpleSystemBase``), and only on Linux.
     """
     parent = multiprocessing.parent_process()
-    if parent is None or not sys.platform.startswith("linux"):
-        return
-    frame = sys._getframe(1)
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "startChild" and code.co_filename.endswith(os.path.join("thespian", "system", "multiprocCommon.py")):
-            break
-        frame = frame.f_back
-    if frame is None:
-        return  # not an actor process Thespian started
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent.pid:  # the parent died before the link was made
-        os._exit(0)
+    # Thespian names the processes it forks for actors "Actor_<class>__<address>".
+    if parent is not None and multiprocessing.current_process().name.startswith("Actor_"):
+        link_to_parent(parent.pid)
 
 
 class SupervisedActor(Actor):

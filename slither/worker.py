@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from slither import _store as store
 from slither._item import Context
 
 _current: Context | None = None
@@ -42,8 +43,6 @@ def view(name: str, params: dict | None = None) -> dict:
             that declares its store.
         ViewTimeout: the handler ran past the view's timeout.
     """
-    from slither import _store as store
-
     return store.call_view(name, params or {}, context())
 
 

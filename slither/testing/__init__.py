@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from slither._runtime import Runtime
+from slither._store.schema import _store_name
 from slither.supervision import pid_alive
 
 
@@ -170,8 +172,6 @@ def running_runtime(**kwargs) -> Iterator:
     Raises:
         AssertionError: some process of the runtime outlived ``shutdown()``.
     """
-    from slither._runtime import Runtime
-
     rt = Runtime(**kwargs).start()
     pids: set[int] = set()
     try:
@@ -263,8 +263,6 @@ def once_per(marker_dir: str, fault: Callable[[Callable, Callable], Callable], f
 
 def kill_store_server(rt, store) -> int:
     """SIGKILL the server process of ``store`` (a Store class or name); return its pid."""
-    from slither._store.schema import _store_name
-
     handle = rt._stores[_store_name(store)]
     pid = handle.server_pid()
     os.kill(pid, signal.SIGKILL)
