@@ -23,9 +23,6 @@ How a batch travels::
 
 from __future__ import annotations
 
-import linecache
-import logging
-import re
 import socket
 import threading
 import time
@@ -35,11 +32,13 @@ import attrs
 from loguru import logger
 
 from slither import _pickle, _protocol, _wire, telemetry
+from slither._pool.exits import ExitReports
 from slither._pool.receiver import Receiver
+from slither._pool.remote import crashed, relog, with_source
 from slither._pool.scheduler import Scheduler
 from slither._pool.sender import Sender
 from slither._pool.task import Task, WorkerConn, _kill_conn
-from slither._sys import pid_alive
+from slither._pool.timer import timer_loop
 from slither.errors import (
     BadBatchResult,
     BatchTimeout,
@@ -49,10 +48,6 @@ from slither.errors import (
     WorkerCrashed,
     WorkerError,
 )
-
-# How long a batch whose worker died waits for its nanny's report of how (a few ms
-# after the EOF, as a rule) before it fails without it.
-EXIT_REPORT_WAIT = 1.0
 
 
 @attrs.frozen
@@ -87,9 +82,8 @@ class Pool:
         self.crashes = 0
         self.restarts = 0
         self._timer_next = 0.0
-        self._exits: dict[int, tuple] = {}  # pid -> (exitcode, fault): nannies' reports not yet matched to an EOF
-        self._awaiting: dict[int, tuple] = {}  # pid -> (deadline, tasks): lost workers whose report is awaited
-        self._timer = threading.Thread(target=self._timer_loop, name=f"slither-pool-{name}-timer", daemon=True)
+        self.exits = ExitReports()
+        self._timer = threading.Thread(target=timer_loop, args=(self,), name=f"slither-pool-{name}-timer", daemon=True)
         self._timer.start()
         self.receiver.start()
 
@@ -179,7 +173,7 @@ class Pool:
         if kind == _protocol.EVENT:
             telemetry.emit(msg[1], msg[2], {**msg[3], "pool": self.name, "worker": conn.pid})
         elif kind == _protocol.LOG:
-            _relog(msg[1])
+            relog(msg[1])
         else:
             self._complete(conn, msg, touched)
 
@@ -209,7 +203,7 @@ class Pool:
         if kind == _protocol.OK:
             result, error = msg[2], None
         elif kind == _protocol.ERR:
-            result, error = None, WorkerError(msg[2], msg[3], _with_source(msg[4]))
+            result, error = None, WorkerError(msg[2], msg[3], with_source(msg[4]))
         elif kind == _protocol.BAD:
             result, error = None, BadBatchResult(msg[2])
         elif kind == _protocol.UNLOADABLE:
@@ -263,27 +257,22 @@ class Pool:
 
     def _crash_of(self, conn: WorkerConn, victims: list[Task]) -> WorkerCrashed | None:
         """The crash of a local worker, if its nanny already said how it ended; else None,
-        and ``victims`` wait for that report (at most EXIT_REPORT_WAIT seconds)."""
+        and ``victims`` wait for that report (see ExitReports)."""
         if conn.remote:
             return WorkerCrashed(f"worker {conn.pid} of pool {self.name!r} died while running the batch", pid=conn.pid)
         with self.lock:
-            report = self._exits.pop(conn.pid, None)
+            report = self.exits.lost(conn.pid, victims)
             if report is None:
-                self._awaiting[conn.pid] = (time.monotonic() + EXIT_REPORT_WAIT, victims)
                 self.changed.notify_all()  # the timer plans the fallback
                 return None
-        return _crashed(self.name, conn.pid, *report)
+        return crashed(self.name, conn.pid, *report)
 
     def exited(self, pid: int, exitcode: int | None, fault: str) -> None:
         """A nanny's report of how worker ``pid`` ended (see ``slither._worker``)."""
         with self.lock:
-            waiting = self._awaiting.pop(pid, None)
-            if waiting is None:
-                self._exits[pid] = (exitcode, fault)  # its EOF is still on its way
-                while len(self._exits) > 64:  # reports of workers that held no batch
-                    del self._exits[next(iter(self._exits))]
-                return
-        _fail(waiting[1], _crashed(self.name, pid, exitcode, fault), pid)
+            victims = self.exits.reported(pid, exitcode, fault)
+        if victims is not None:
+            _fail(victims, crashed(self.name, pid, exitcode, fault), pid)
 
     # -- the end -----------------------------------------------------------
     def mark_down(self, reason: str | None = None) -> None:
@@ -291,7 +280,7 @@ class Pool:
             if self.down is not None or self.closed:
                 return
             self.down = PoolDown(self.name, reason)
-            victims = self.scheduler.take_queued(with_inflight=True) + self._take_awaiting()
+            victims = self.scheduler.take_queued(with_inflight=True) + self.exits.take_all()
             for conn in self.scheduler.workers.values():
                 _kill_conn(conn)
             self.changed.notify_all()
@@ -300,12 +289,6 @@ class Pool:
             if t.callback is not None:
                 t.callback(t, None, self.down_error(), None)
         self.receiver.wake()  # a thread reading in wait() sees its queue
-
-    def _take_awaiting(self) -> list[Task]:
-        """Every task waiting for a nanny's report, taken (holds self.lock)."""
-        tasks = [t for _, ts in self._awaiting.values() for t in ts]
-        self._awaiting.clear()
-        return tasks
 
     def down_error(self) -> PoolDown:
         """The ``PoolDown`` to raise. A fresh instance per caller: one exception raised
@@ -331,7 +314,7 @@ class Pool:
     def close(self) -> None:
         with self.lock:
             self.closed = True
-            victims = self.scheduler.take_queued(with_inflight=False) + self._take_awaiting()
+            victims = self.scheduler.take_queued(with_inflight=False) + self.exits.take_all()
             self.changed.notify_all()
         # Sockets stay open: closing them now would make the workers exit and their
         # supervisor restart them mid-teardown. disconnect() runs after the tree stopped.
@@ -348,74 +331,8 @@ class Pool:
             except OSError:
                 pass
 
-    def _timer_loop(self) -> None:
-        """Kill workers whose head task is late, fail crashes whose report never came,
-        and notice a pool supervisor that died."""
-        with self.lock:
-            while not self.closed:
-                now = time.monotonic()
-                nxt = now + 0.25
-                for conn in list(self.scheduler.workers.values()):
-                    head = conn.inflight[0] if conn.inflight else None
-                    if head is not None and head.deadline is not None and not head.timed_out:
-                        if head.deadline <= now:
-                            head.timed_out = True
-                            self._doom(conn)
-                        else:
-                            nxt = min(nxt, head.deadline)
-                late = [pid for pid, (deadline, _) in self._awaiting.items() if deadline <= now]
-                gone = self.sup_pid is not None and self.down is None and not pid_alive(self.sup_pid)
-                if late or gone:
-                    self.lock.release()
-                    try:
-                        for pid in late:
-                            self.exited(pid, None, "")  # the nanny died too, or the caller is too busy to hear it
-                        if gone:
-                            self.mark_down(f"pool {self.name!r} is down: its supervisor process {self.sup_pid} exited")
-                    finally:
-                        self.lock.acquire()
-                    continue
-                for deadline, _ in self._awaiting.values():
-                    nxt = min(nxt, deadline)
-                self._timer_next = nxt
-                self.changed.wait(max(0.0, nxt - time.monotonic()))
-                self._timer_next = 0.0
-
 
 def _fail(victims: list[Task], err: Exception, pid) -> None:
     for t in victims:
         if t.callback is not None:
             t.callback(t, None, err, pid)
-
-
-def _crashed(pool: str, pid: int, exitcode: int | None, fault: str) -> WorkerCrashed:
-    how = WorkerCrashed.how(exitcode)
-    return WorkerCrashed(f"worker {pid} of pool {pool!r} {how} while running the batch", pid=pid, exitcode=exitcode, fault=fault)
-
-
-_FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+)')
-
-
-def _with_source(tb: str) -> str:
-    """A worker's traceback with the source lines it could not show filled in from
-    this process's ``linecache`` (a notebook cell, a file not on the worker's host)."""
-    if not tb:
-        return tb
-    lines = tb.splitlines(keepends=True)
-    out = []
-    for k, line in enumerate(lines):
-        out.append(line)
-        m = _FRAME.match(line)
-        if m and not (k + 1 < len(lines) and lines[k + 1].startswith("    ")):
-            src = linecache.getline(m["file"], int(m["line"])).strip()
-            if src:
-                out.append(f"    {src}\n")
-    return "".join(out)
-
-
-def _relog(d: dict) -> None:
-    """A ``logging`` record from a worker, handled here under its logger's name."""
-    record = logging.makeLogRecord(d)
-    lg = logging.getLogger(record.name) if record.name != "root" else logging.getLogger()
-    if lg.isEnabledFor(record.levelno):
-        lg.handle(record)
