@@ -246,7 +246,7 @@ def test_notebook_order_in_a_real_main_module(tmp_path):
 
 
 def test_top_level_functions_use_the_runtime_of_the_with_block():
-    from slither import _runtime
+    from slither._runtime import current as _runtime
 
     assert _runtime._default is None
     with slither.Runtime(pools={"default": 1}) as rt:

@@ -4,12 +4,12 @@ through one.
 
 ::
 
-    Runtime (this process)           hub thread, one reader+writer thread per worker
+    Runtime (this process)           the hub's threads; per pool: a timer, a backup reader
     └── RootSupervisor               actor processes, all in the Thespian admin's
         ├── StoreSupervisor          process group (never the caller's)
         │   └── StoreServer × stores
         └── PoolSupervisor × pools
-            └── Worker × size
+            └── Worker × size        a nanny each, which forks the worker process
 
 Isolation: each runtime has its own admin port (a free one), its own
 private 0700 directory (on /dev/shm where present) for sockets and
@@ -21,119 +21,32 @@ root supervisor kills the whole tree if the caller dies without it.
 
 from __future__ import annotations
 
-import atexit
-import contextvars
 import os
 import secrets
 import shutil
-import signal
 import threading
 import time
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
 from loguru import logger
-from thespian.actors import ActorExitRequest, ActorSystem, NoCompatibleSystemForActor
+from thespian.actors import ActorSystem
 
-from slither import (
-    _dispatch,
-    _pipe,
-    _thespian,  # noqa: F401 - applies the loopback patch before any system starts
-    cluster,
-    worker,
-)
+from slither import _dispatch, _pipe, _thespian, cluster
 from slither import _store as store_mod
-from slither._actors import PlacementProbe, PoolInit, PoolSupervisor, RootSupervisor, WatchCaller, Worker, WorkerInit
+from slither._actors import RootSupervisor, WatchCaller
 from slither._pool import Hub, Pool
+from slither._runtime import pools as pool_start
+from slither._runtime import stop
+from slither._runtime.registry import _current, _live
+from slither._runtime.spec import PoolSpec, as_spec
 from slither._store import Store
-from slither._sys import free_port, node_key, pids_in_group, private_dir
+from slither._sys import free_port, pids_in_group, private_dir
 from slither.cluster import Convention
 from slither.errors import ConfigurationError, RuntimeNotStarted
-from slither.supervision import ChildSpec, ChildStarted, ChildStopped, Identity, StartChild, StopChild, SupervisorInit
+from slither.supervision import ChildStopped, Identity, StopChild, SupervisorInit
 
 BASES = ("multiprocTCPBase", "simpleSystemBase")
-
-
-def _positive_int(inst, attr, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigurationError(f"PoolSpec.{attr.name} must be a positive int, got {value!r}")
-
-
-@attrs.frozen
-class PoolSpec:
-    """How a pool is sized and supervised.
-
-    Args:
-        size: worker processes (default: ``os.cpu_count()``).
-        max_restarts, max_seconds: restart intensity. More than
-            ``max_restarts`` worker restarts within ``max_seconds`` and the
-            pool goes down (``PoolDown``) until ``Runtime.restart_pool``.
-        max_memory: bytes of address space each worker may allocate beyond
-            what it starts with (``RLIMIT_AS`` set to its size at start plus
-            this); a batch that exceeds it fails (``MemoryError`` as a
-            ``WorkerError``, or a crash) and the pool carries on.
-        depth: batches handed to one worker at a time (1 running + queued).
-            2 hides the round trip; 1 gives strictly one batch per worker.
-        where: capabilities the workers' host must offer, for a runtime that
-            leads a convention (``{"node": "gpu-1"}``, ``{"gpu": "1"}``);
-            Thespian creates the workers on a matching member. A list of
-            such mappings spreads the workers over them in turn (worker ``i``
-            goes to ``where[i % len(where)]``). None: here.
-    """
-
-    size: int = attrs.field(factory=lambda: os.cpu_count() or 1, validator=_positive_int)
-    max_restarts: int = 3
-    max_seconds: float = 5.0
-    max_memory: int | None = None
-    depth: int = attrs.field(default=2, validator=_positive_int)
-    where: Mapping | None = None
-
-    def __attrs_post_init__(self):
-        if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
-            raise ConfigurationError(f"PoolSpec.max_restarts must be an int >= 0, got {self.max_restarts!r}")
-        if not self.max_seconds > 0:
-            raise ConfigurationError(f"PoolSpec.max_seconds must be > 0, got {self.max_seconds!r}")
-        if self.where is not None:
-            wheres = [self.where] if isinstance(self.where, Mapping) else self.where
-            if not isinstance(wheres, (list, tuple)) or not wheres or not all(isinstance(w, Mapping) and w for w in wheres):
-                raise ConfigurationError(
-                    f"PoolSpec.where must be a mapping of capabilities or a list of them, got {self.where!r}"
-                )
-
-    @property
-    def placements(self) -> list:
-        """One requirements mapping (or None) per worker."""
-        if self.where is None:
-            return [None] * self.size
-        wheres = [self.where] if isinstance(self.where, Mapping) else list(self.where)
-        return [dict(wheres[i % len(wheres)]) for i in range(self.size)]
-
-
-def _as_spec(name: str, value: Any) -> PoolSpec:
-    if isinstance(value, PoolSpec):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return PoolSpec(size=value)
-    if isinstance(value, Mapping):
-        return PoolSpec(**value)
-    raise ConfigurationError(f"pool {name!r}: expected a size, a PoolSpec or a mapping, got {value!r}")
-
-
-_SHUTDOWN_STALL = 0.5  # at least this long without any runtime process exiting while Thespian's shutdown waits
-
-
-_live: weakref.WeakSet = weakref.WeakSet()
-
-
-@atexit.register
-def _shutdown_all() -> None:
-    for rt in list(_live):
-        try:
-            rt.shutdown()
-        except Exception:  # noqa: BLE001 - best effort at interpreter exit
-            pass
 
 
 class Runtime:
@@ -175,9 +88,9 @@ class Runtime:
         self.convention = convention
         self._hub_tcp: tuple | None = None
         pools = {"default": PoolSpec()} if pools is None else dict(pools)
-        self.pool_specs: dict[str, PoolSpec] = {n: _as_spec(n, v) for n, v in pools.items()}
+        self.pool_specs: dict[str, PoolSpec] = {n: as_spec(n, v) for n, v in pools.items()}
         for n, spec in self.pool_specs.items():
-            self._check_where(n, spec)
+            pool_start.check_where(convention, n, spec)
         self.store_classes = list(stores)
         for s in self.store_classes:
             if not (isinstance(s, type) and issubclass(s, Store)):
@@ -248,20 +161,7 @@ class Runtime:
         self._dir = private_dir("slither-")
         _thespian.prepare_environment(self._dir)
         conv = self.convention
-        if conv is not None and conv.join:
-            # A member, like `slither node`: the leader may place workers here; they read
-            # stores from replicas this process keeps (see slither._store.replica).
-            port, caps, self._replicas = cluster._member_setup(
-                conv.address, conv.secret, conv.capabilities, conv.name, 0, conv.listen, self._dir
-            )
-            caps = {"Admin Port": port, **caps}
-        elif conv is not None:
-            _thespian.bind_to(conv.host)
-            _thespian.add_key(conv.secret)  # Thespian messages between hosts are signed with it
-            caps = {"Admin Port": conv.port, "node": "leader", **{str(k): str(v) for k, v in conv.capabilities.items()}}
-            self._capabilities = {k: v for k, v in caps.items() if k != "Admin Port"}
-        else:
-            caps = {"Admin Port": free_port()}
+        caps = self._capabilities_of_system()
         # simpleSystemBase runs in this process: any logDefs would be applied to the caller's
         # own logging (its root set to CRITICAL, its handlers removed); False skips them there.
         log_defs = False if self.base == "simpleSystemBase" else _thespian.QUIET_LOGDEFS
@@ -297,13 +197,31 @@ class Runtime:
                 token=self.token,
             )
         for name, spec in self.pool_specs.items():
-            self._start_pool(name, spec)
+            pool_start.start_pool(self, name, spec)
         for pool in self._pools.values():
             if not pool.wait_ready(max(0.1, self.start_timeout - (time.monotonic() - t0))):
                 raise TimeoutError(
                     f"pool {pool.name!r}: {len(pool.workers)} of {pool.size} workers connected within {self.start_timeout}s"
                 )
         logger.debug("slither runtime started in {:.3f}s (dir {})", time.monotonic() - t0, self._dir)
+
+    def _capabilities_of_system(self) -> dict:
+        """The actor system's capabilities, and this process readied for its convention role."""
+        conv = self.convention
+        if conv is not None and conv.join:
+            # A member, like `slither node`: the leader may place workers here; they read
+            # stores from replicas this process keeps (see slither._store.replica).
+            port, caps, self._replicas = cluster._member_setup(
+                conv.address, conv.secret, conv.capabilities, conv.name, 0, conv.listen, self._dir
+            )
+            return {"Admin Port": port, **caps}
+        if conv is not None:
+            _thespian.bind_to(conv.host)
+            _thespian.add_key(conv.secret)  # Thespian messages between hosts are signed with it
+            caps = {"Admin Port": conv.port, "node": "leader", **{str(k): str(v) for k, v in conv.capabilities.items()}}
+            self._capabilities = {k: v for k, v in caps.items() if k != "Admin Port"}
+            return caps
+        return {"Admin Port": free_port()}
 
     def _ask(self, addr, msg, expect: type | tuple = object, timeout: float = 10.0):
         """Ask and wait for a reply of type ``expect``, dropping stale replies
@@ -324,81 +242,19 @@ class Runtime:
         Raises:
             TimeoutError: none did within ``timeout`` seconds.
         """
-        if self._asys is None:
-            raise RuntimeNotStarted("the runtime is not started")
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with self._lock:
-                    probe = self._asys.createActor(PlacementProbe, targetActorRequirements=dict(where))
-                    self._asys.tell(probe, ActorExitRequest())
-                return
-            except NoCompatibleSystemForActor:
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(f"no convention member offers {dict(where)!r} within {timeout}s") from None
-                time.sleep(0.1)  # members announce themselves to the leader; nothing here to wait on
-
-    def _check_where(self, name: str, spec: PoolSpec) -> None:
-        if spec.where is not None and (self.convention is None or self.convention.join):
-            raise ConfigurationError(
-                f"pool {name!r}: where={spec.where!r} needs a runtime that leads a convention (Runtime(convention=...))"
-            )
-
-    def _start_pool(self, name: str, spec: PoolSpec) -> Pool:
-        self._check_where(name, spec)
-        if spec.where is not None:
-            for req in {tuple(sorted(r.items())) for r in spec.placements}:
-                try:
-                    self.wait_for_member(dict(req), self.start_timeout)
-                except TimeoutError as exc:
-                    raise TimeoutError(f"pool {name!r}: {exc}") from None
-        pool = Pool(name, spec.size, depth=spec.depth)
-        self._hub.pools[name] = pool
-        self._pools[name] = pool
-        started = self._ask(self._root, StartChild(ChildSpec(f"pool:{name}", PoolSupervisor, restart="temporary")), ChildStarted)
-        if not isinstance(started, ChildStarted):
-            raise RuntimeError(f"pool {name!r}: supervisor did not start (got {started!r})")
-        addr = started.address
-        self._pool_addrs[name] = addr
-        workers = tuple(
-            ChildSpec(
-                f"worker-{i}",
-                Worker,
-                init=WorkerInit(self._hub.path, self.token, name, i, spec.max_memory, os.getpid(), self._hub_tcp, node_key()),
-                requirements=req,
-            )
-            for i, req in enumerate(spec.placements)
-        )
-        with self._lock:
-            self._asys.tell(addr, PoolInit(self._hub.path, self.token, name))
-        ident = self._ask(
-            addr,
-            SupervisorInit(
-                strategy="one_for_one",
-                max_restarts=spec.max_restarts,
-                max_seconds=spec.max_seconds,
-                children=workers,
-                name=name,
-                capabilities=self._capabilities,  # a leader places workers on live members itself
-            ),
-            Identity,
-        )
-        if isinstance(ident, Identity) and self.base != "simpleSystemBase":
-            with pool.lock:
-                pool.sup_pid = ident.pid
-        return pool
+        pool_start.wait_for_member(self, where, timeout)
 
     def restart_pool(self, name: str, spec: PoolSpec | int | None = None, wait: bool = True) -> None:
         """Start pool ``name`` again (after ``PoolDown``), optionally with a new spec."""
         self._require()
         with self._lock:
-            spec = _as_spec(name, spec) if spec is not None else self.pool_specs[name]
+            spec = as_spec(name, spec) if spec is not None else self.pool_specs[name]
             old = self._pools.pop(name, None)
             if old is not None:
                 old.close()
                 self._ask(self._root, StopChild(f"pool:{name}"), ChildStopped)
             self.pool_specs[name] = spec
-            pool = self._start_pool(name, spec)
+            pool = pool_start.start_pool(self, name, spec)
         if wait and not pool.wait_ready(self.start_timeout):
             raise TimeoutError(f"pool {name!r}: workers did not connect within {self.start_timeout}s")
 
@@ -408,9 +264,9 @@ class Runtime:
         with self._lock:
             if name in self._pools:
                 raise ConfigurationError(f"pool {name!r} already exists")
-            spec = _as_spec(name, spec)
+            spec = as_spec(name, spec)
             self.pool_specs[name] = spec
-            pool = self._start_pool(name, spec)
+            pool = pool_start.start_pool(self, name, spec)
         if wait and not pool.wait_ready(self.start_timeout):
             raise TimeoutError(f"pool {name!r}: workers did not connect within {self.start_timeout}s")
 
@@ -421,9 +277,7 @@ class Runtime:
         own shutdown, or when none of them has exited for a quarter of
         ``timeout`` (at least 0.5 s) while it waits, are SIGKILLed by process
         group (the actor system's own group, never the caller's), logged at
-        INFO. The one cause of such a stall we found (a worker death Thespian
-        never reported, so its supervisor waited for it at shutdown) is fixed
-        in ``slither._thespian``; the backstop stays for causes not found.
+        INFO (see ``slither._runtime.stop``).
         """
         with self._lock:
             if self._state in ("new", "stopped"):
@@ -439,60 +293,15 @@ class Runtime:
                 pool.close()
             asys, self._asys = self._asys, None
         deadline = time.monotonic() + timeout
-        stall = max(_SHUTDOWN_STALL, timeout / 4)
-        stalled = False
+        stall = max(stop.STALL, timeout / 4)
         own_group = self._pgid is not None and self._pgid != os.getpgid(0)  # never signal the caller's group
-        if asys is not None:
-            # ActorSystem.shutdown() waits up to 10 s for the admin's "shutdown completed",
-            # which after SIGKILLed actors was seen never to come. Wait at most 2 s here
-            # (the process-group kill below covers the rest) without changing Thespian's
-            # own constant, which users' other actor systems rely on.
-            def _stop_asys():
-                try:
-                    asys.shutdown()
-                except Exception:  # noqa: BLE001
-                    logger.exception("ActorSystem.shutdown() raised")
-
-            stopper = threading.Thread(target=_stop_asys, name="slither-asys-shutdown", daemon=True)
-            stopper.start()
-            seen, since = None, time.monotonic()
-            while stopper.is_alive() and time.monotonic() < deadline:
-                stopper.join(0.01)
-                if not (own_group and stopper.is_alive()):
-                    continue
-                # Thespian's admin sometimes exits without its "shutdown completed" reply (seen
-                # after SIGKILLed workers): once every process of the runtime is gone, stop waiting.
-                alive = pids_in_group(self._pgid)
-                if not alive:
-                    break
-                # And if every process of the tree sits idle and none exits (seen after many
-                # SIGKILLed workers before the fix in slither._thespian): when none has exited
-                # for a while, go to the backstop now.
-                if alive != seen:
-                    seen, since = alive, time.monotonic()
-                elif time.monotonic() - since > stall:
-                    stalled = True
-                    break
+        stalled = asys is not None and stop.stop_actor_system(asys, self._pgid if own_group else None, deadline, stall)
         for pool in self._pools.values():
-            pool.disconnect()
+            pool.disconnect()  # workers exit at once on their socket's EOF, stalled tree or not
         if self._hub is not None:
             self._hub.close()
         if own_group:
-            # Workers exit at once on their socket's EOF (disconnect() above), stalled tree or not.
-            end = min(deadline, time.monotonic() + 0.2) if stalled else deadline
-            while pids_in_group(self._pgid) and time.monotonic() < end:
-                time.sleep(0.01)  # polling process exit: there is no event to await for non-children
-            left = pids_in_group(self._pgid)
-            if left:
-                logger.info(
-                    "runtime processes {} still alive after shutdown ({}); killing their process group",
-                    left,
-                    f"none exited for {stall}s" if stalled else f"{timeout}s",
-                )
-                try:
-                    os.killpg(self._pgid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            stop.kill_what_is_left(self._pgid, deadline, stalled, f"none exited for {stall}s" if stalled else f"{timeout}s")
         store_mod.forget_stores(self._stores, self.token)
         if self._replicas is not None:
             self._replicas.close()
@@ -560,64 +369,3 @@ class Runtime:
     def start_pipe(self, pipe, **opts):
         """Start a long-lived, supervised pipe; returns a :class:`slither.pipe.PipeHandle`."""
         return _pipe.start_pipe(pipe, runtime=self, **opts)
-
-
-# -- the process-wide default runtime -----------------------------------------
-_default: Runtime | None = None
-_current: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar("slither_runtime", default=None)
-_default_lock = threading.Lock()
-
-
-def start(**kwargs) -> Runtime:
-    """Start the process-wide default runtime with ``Runtime(**kwargs)``.
-
-    Raises:
-        RuntimeError: a default runtime is already running.
-    """
-    global _default
-    with _default_lock:
-        if _default is not None and _default.running:
-            raise RuntimeError("the default runtime is already running; call slither.shutdown() first")
-        rt = Runtime(**kwargs)
-        rt.start()
-        _default = rt
-        return rt
-
-
-def shutdown() -> None:
-    """Shut down the default runtime, if one is running."""
-    global _default
-    with _default_lock:
-        rt, _default = _default, None
-    if rt is not None:
-        rt.shutdown()
-
-
-def runtime() -> Runtime:
-    """The runtime the top-level functions use: the one of the innermost
-    ``with Runtime(...)`` block of this thread (a context variable, as
-    ``decimal.localcontext`` is), else the process-wide default, started with
-    defaults on first use.
-
-    Raises:
-        RuntimeError: called inside a pool worker with no runtime of its own (a
-            batch function calling ``slither.dispatch``): a worker never starts a
-            hidden runtime.
-    """
-    global _default
-    current = _current.get()
-    if current is not None and current.running:
-        return current
-    with _default_lock:
-        if _default is None or not _default.running:
-            info = worker._info
-            if info.get("pool") is not None and not info.get("in_process"):
-                raise RuntimeError(
-                    f"slither's top-level functions were called inside worker {info.get('index')} of pool "
-                    f"{info.get('pool')!r} (pid {info.get('pid')}), which has no runtime of its own. A worker does not "
-                    "start a hidden one: return the work to the caller and dispatch it there (or pass a pipe stage), "
-                    "or start a Runtime explicitly in the worker if you really want a pool of its own."
-                )
-            _default = Runtime()
-            _default.start()
-        return _default

@@ -1,0 +1,77 @@
+"""How a pool is sized and supervised (``PoolSpec``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from slither.errors import ConfigurationError
+
+
+def _positive_int(inst, attr, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigurationError(f"PoolSpec.{attr.name} must be a positive int, got {value!r}")
+
+
+@attrs.frozen
+class PoolSpec:
+    """How a pool is sized and supervised.
+
+    Args:
+        size: worker processes (default: ``os.cpu_count()``).
+        max_restarts, max_seconds: restart intensity. More than
+            ``max_restarts`` worker restarts within ``max_seconds`` and the
+            pool goes down (``PoolDown``) until ``Runtime.restart_pool``.
+        max_memory: bytes of address space each worker may allocate beyond
+            what it starts with (``RLIMIT_AS`` set to its size at start plus
+            this); a batch that exceeds it fails (``MemoryError`` as a
+            ``WorkerError``, or a crash) and the pool carries on.
+        depth: batches handed to one worker at a time (1 running + queued).
+            2 hides the round trip; 1 gives strictly one batch per worker.
+        where: capabilities the workers' host must offer, for a runtime that
+            leads a convention (``{"node": "gpu-1"}``, ``{"gpu": "1"}``);
+            Thespian creates the workers on a matching member. A list of
+            such mappings spreads the workers over them in turn (worker ``i``
+            goes to ``where[i % len(where)]``). None: here.
+    """
+
+    size: int = attrs.field(factory=lambda: os.cpu_count() or 1, validator=_positive_int)
+    max_restarts: int = 3
+    max_seconds: float = 5.0
+    max_memory: int | None = None
+    depth: int = attrs.field(default=2, validator=_positive_int)
+    where: Mapping | None = None
+
+    def __attrs_post_init__(self):
+        if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
+            raise ConfigurationError(f"PoolSpec.max_restarts must be an int >= 0, got {self.max_restarts!r}")
+        if not self.max_seconds > 0:
+            raise ConfigurationError(f"PoolSpec.max_seconds must be > 0, got {self.max_seconds!r}")
+        if self.where is not None:
+            wheres = [self.where] if isinstance(self.where, Mapping) else self.where
+            if not isinstance(wheres, (list, tuple)) or not wheres or not all(isinstance(w, Mapping) and w for w in wheres):
+                raise ConfigurationError(
+                    f"PoolSpec.where must be a mapping of capabilities or a list of them, got {self.where!r}"
+                )
+
+    @property
+    def placements(self) -> list:
+        """One requirements mapping (or None) per worker."""
+        if self.where is None:
+            return [None] * self.size
+        wheres = [self.where] if isinstance(self.where, Mapping) else list(self.where)
+        return [dict(wheres[i % len(wheres)]) for i in range(self.size)]
+
+
+def as_spec(name: str, value: Any) -> PoolSpec:
+    """``value`` (a size, a PoolSpec or a mapping) as the PoolSpec of pool ``name``."""
+    if isinstance(value, PoolSpec):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return PoolSpec(size=value)
+    if isinstance(value, Mapping):
+        return PoolSpec(**value)
+    raise ConfigurationError(f"pool {name!r}: expected a size, a PoolSpec or a mapping, got {value!r}")
