@@ -24,7 +24,7 @@ import traceback
 import attrs
 from thespian.actors import ActorExitRequest, WakeupMessage
 
-from slither import _wire, _worker
+from slither import _protocol, _wire, _worker
 from slither._sys import cheap_repr, node_key, pid_alive
 from slither.supervision import SupervisedActor, Supervisor, offers
 
@@ -97,7 +97,7 @@ class PoolSupervisor(Supervisor):
     def receiveMessage(self, message, sender):
         if isinstance(message, PoolInit):
             self._pool = message
-            self._notify(("pool_up", message.token, message.pool, os.getpid()))
+            self._notify(_protocol.pool_up(message.token, message.pool, os.getpid()))
             return
         super().receiveMessage(message, sender)
 
@@ -115,7 +115,7 @@ class PoolSupervisor(Supervisor):
 
     def on_give_up(self) -> None:
         if self._pool is not None:
-            self._notify(("pool_down", self._pool.token, self._pool.pool, os.getpid()))
+            self._notify(_protocol.pool_down(self._pool.token, self._pool.pool, os.getpid()))
 
 
 class PlacementProbe(SupervisedActor):
@@ -177,7 +177,8 @@ def _reap(init: WorkerInit, pid: int, fault_r: int) -> None:
     except BlockingIOError:
         pass
     if init.hub_tcp is None or init.leader_node == node_key():  # the hub's Unix socket is on this host
-        msg = ("exit", init.token, init.pool, init.index, pid, os.waitstatus_to_exitcode(status), fault.decode(errors="replace"))
+        code = os.waitstatus_to_exitcode(status)
+        msg = _protocol.exit_report(init.token, init.pool, init.index, pid, code, fault.decode(errors="replace"))
         try:
             s = _wire.connect(init.hub_path, timeout=5)
             try:

@@ -31,6 +31,7 @@ import logging
 import os
 import pickle
 import queue
+import resource
 import signal
 import sys
 import threading
@@ -39,7 +40,7 @@ from typing import Any
 
 import cloudpickle
 
-from slither import _net, _pickle, _thespian, _wire, telemetry, worker
+from slither import _net, _pickle, _protocol, _thespian, _wire, telemetry, worker
 from slither import _store as store
 from slither._item import Context
 from slither._sys import link_to_parent, node_key, vm_size
@@ -88,7 +89,7 @@ class _Forward(logging.Handler):
                 d["exc_text"] = logging.Formatter().formatException(record.exc_info)
             d["exc_info"] = None
             d["processName"] = f"slither-worker:{worker._info.get('pool')}:{worker._info.get('index')}"
-            self._send(("log", d))
+            self._send(_protocol.log(d))
         except Exception:  # noqa: BLE001 - a log line must never fail a batch
             self.handleError(record)
 
@@ -158,9 +159,9 @@ def _error_reply(ref, exc: BaseException) -> tuple:
         while tb is not None and tb.tb_frame.f_code.co_filename == __file__:  # start at the user's frames
             tb = tb.tb_next
         text = "".join(traceback.format_exception(type(exc), exc, tb))
-        return ("err", ref, type(exc).__name__, message, text)
+        return _protocol.err(ref, type(exc).__name__, message, text)
     except MemoryError:  # the frames still hold what exhausted memory: say less
-        return ("err", ref, type(exc).__name__, "out of memory", "")
+        return _protocol.err(ref, type(exc).__name__, "out of memory", "")
 
 
 def _reply_chunks(reply) -> list:
@@ -172,7 +173,7 @@ def _reply_chunks(reply) -> list:
     try:
         return _wire.dumps(reply, by_value=True)
     except Exception as exc:  # noqa: BLE001
-        return _wire.dumps(("ser", reply[1], f"result could not be pickled: {type(exc).__name__}: {exc}"))
+        return _wire.dumps(_protocol.ser(reply[1], f"result could not be pickled: {type(exc).__name__}: {exc}"))
 
 
 def _run_one(msg, send) -> None:
@@ -187,11 +188,11 @@ def _run_one(msg, send) -> None:
             reply = _error_reply(ref, exc)
         else:
             if not isinstance(results, list):
-                reply = ("bad", ref, f"batch function returned {type(results).__name__}, expected a list")
+                reply = _protocol.bad(ref, f"batch function returned {type(results).__name__}, expected a list")
             elif len(results) != len(payloads):
-                reply = ("bad", ref, f"batch function returned {len(results)} results for {len(payloads)} items")
+                reply = _protocol.bad(ref, f"batch function returned {len(results)} results for {len(payloads)} items")
             else:
-                reply = ("ok", ref, results)
+                reply = _protocol.ok(ref, results)
         send(_reply_chunks(reply))
         worker._info["batches"] = worker._info.get("batches", 0) + 1
     finally:
@@ -205,16 +206,16 @@ def _unloadable(failed: _wire.UnpicklingFailed):
         msg = _pickle.loads_tolerant(failed.main, failed.buffers)
     except Exception:  # noqa: BLE001
         return None
-    if not isinstance(msg, tuple) or not msg or msg[0] not in ("batch", "probe"):
+    if not isinstance(msg, tuple) or not msg or msg[0] not in (_protocol.BATCH, _protocol.PROBE):
         return None
-    positions = _pickle.find_unloadable(msg[3]) if msg[0] == "batch" and isinstance(msg[3], list) else []
-    return ("unloadable", msg[1], positions, str(failed))
+    positions = _pickle.find_unloadable(msg[3]) if msg[0] == _protocol.BATCH and isinstance(msg[3], list) else []
+    return _protocol.unloadable(msg[1], positions, str(failed))
 
 
 def _run_probe(msg, send) -> None:
     _, ref, fn_key = msg
     try:
-        reply = ("ok", ref, [_load_fn(fn_key, _blobs.get(fn_key))()])
+        reply = _protocol.ok(ref, [_load_fn(fn_key, _blobs.get(fn_key))()])
     except Exception as exc:  # noqa: BLE001
         reply = _error_reply(ref, exc)
     send(_reply_chunks(reply))
@@ -232,8 +233,6 @@ def serve(
 ) -> None:
     """Connect to the caller's hub and run batches until the connection closes."""
     if rlimit_as:
-        import resource
-
         # Address space inherited by fork (thread stacks, malloc arenas of the caller)
         # can already be large: the limit is what the worker may add on top of it.
         limit = vm_size() + rlimit_as
@@ -250,7 +249,7 @@ def serve(
         with lock:
             _wire.send_chunks(sock, chunks)
 
-    _wire.send(sock, ("worker", token, pool, index, os.getpid()))
+    _wire.send(sock, _protocol.hello_worker(token, pool, index, os.getpid()))
     _, sys_path, cwd, store_paths = _wire.recv(sock)  # ("init", sys_path, cwd, store_paths)
     sys.path[:] = list(sys_path) + [p for p in sys.path if p not in sys_path]
     try:
@@ -261,27 +260,35 @@ def serve(
     store.register_paths(store_paths)
     worker._info.update(pool=pool, index=index, pid=os.getpid(), batches=0, in_process=in_process, max_memory=rlimit_as)
     if not in_process:
-        telemetry._forward = lambda event, measurements, metadata: send(_wire.dumps(("event", event, measurements, metadata)))
+        telemetry._forward = lambda event, measurements, metadata: send(
+            _wire.dumps(_protocol.event(event, measurements, metadata))
+        )
         _ordinary_logging(lambda msg: send(_wire.dumps(msg)))
     inbox: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_read, args=(sock, inbox, in_process), name="slither-worker-reader", daemon=True).start()
+    _loop(inbox, send, in_process)
 
-    def reader():
-        recv = _wire.Reader(sock).recv
-        try:
-            while True:
-                try:
-                    inbox.put(recv())
-                except _wire.UnpicklingFailed as failed:
-                    answer = _unloadable(failed)
-                    if answer is None:
-                        raise
-                    inbox.put(answer)  # answered in turn by the main thread: replies keep the batches' order
-        except BaseException:  # noqa: BLE001 - EOF, or e.g. MemoryError while a batch hogs memory
-            # Without its reader this worker could never get work again: end it, so the
-            # caller sees a crash and the supervisor starts a fresh one.
-            os._exit(0) if not in_process else inbox.put(None)
 
-    threading.Thread(target=reader, name="slither-worker-reader", daemon=True).start()
+def _read(sock, inbox: queue.SimpleQueue, in_process: bool) -> None:
+    """The reader thread: frames from the caller onto the inbox, so neither side can block the other."""
+    recv = _wire.Reader(sock).recv
+    try:
+        while True:
+            try:
+                inbox.put(recv())
+            except _wire.UnpicklingFailed as failed:
+                answer = _unloadable(failed)
+                if answer is None:
+                    raise
+                inbox.put(answer)  # answered in turn by the main thread: replies keep the batches' order
+    except BaseException:  # noqa: BLE001 - EOF, or e.g. MemoryError while a batch hogs memory
+        # Without its reader this worker could never get work again: end it, so the
+        # caller sees a crash and the supervisor starts a fresh one.
+        os._exit(0) if not in_process else inbox.put(None)
+
+
+def _loop(inbox: queue.SimpleQueue, send, in_process: bool) -> None:
+    """The main thread: every message in turn, until the caller goes away."""
     while True:
         msg = inbox.get()
         if msg is None:
@@ -289,16 +296,15 @@ def serve(
                 return
             os._exit(0)  # the caller went away: nothing left to serve
         kind = msg[0]
-        if kind == "batch":
+        if kind == _protocol.BATCH:
             _run_one(msg, send)
-        elif kind == "fn":
+        elif kind == _protocol.FN:
             _blobs[msg[1]] = msg[2]
-        elif kind == "probe":
-            # ("probe", ref, fn_key): run fn with no payloads, outside a batch, on this worker.
+        elif kind == _protocol.PROBE:  # run fn() with no payloads, outside a batch, on this worker
             _run_probe(msg, send)
-        elif kind == "stores":
+        elif kind == _protocol.STORES:
             store.register_paths(msg[1])
-        elif kind == "unloadable":
+        elif kind == _protocol.UNLOADABLE:
             send(_wire.dumps(msg))
 
 

@@ -222,20 +222,25 @@ def run_node(
     watchdog = asys.createActor(RootSupervisor)
     asys.tell(watchdog, WatchCaller(os.getpid(), os.getpgid(0), replicas.dir))
     replicas.start()  # threads only after Thespian forked its admin from this process
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     try:
-        await_leader(asys, join, join_timeout, stop, waiting)
-        if ready is not None and not stop.is_set():
-            ready(caps)
-        while not stop.wait(0.5):  # sliced: signal handlers run between waits
-            pass
+        _serve_until_stopped(asys, join, join_timeout, ready, caps, waiting)
     finally:
         try:
             asys.shutdown()  # the actor processes here die with it (they are linked to their parents)
         finally:
             replicas.close()
+
+
+def _serve_until_stopped(asys, join: str, join_timeout, ready, caps: dict, waiting) -> None:
+    """Wait to be accepted by the leader, tell ``ready``, then serve until SIGTERM/SIGINT."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    await_leader(asys, join, join_timeout, stop, waiting)
+    if ready is not None and not stop.is_set():
+        ready(caps)
+    while not stop.wait(0.5):  # sliced: signal handlers run between waits
+        pass
 
 
 __all__ = ["Convention", "NotAccepted", "run_node", "connect", "server_handshake", "client_handshake"]

@@ -44,9 +44,7 @@ import os
 import time
 from collections import deque
 from datetime import timedelta
-from typing import Any
 
-import attrs
 from thespian.actors import (
     Actor,
     ActorExitRequest,
@@ -56,126 +54,24 @@ from thespian.actors import (
     WakeupMessage,
 )
 
-from slither._sys import cheap_repr, link_to_parent, node_key, pid_alive
+from slither._supervision_messages import (
+    ChildSpec,
+    ChildStarted,
+    ChildStopped,
+    ExitingNormally,
+    Identify,
+    Identity,
+    StartChild,
+    StopChild,
+    SupervisorInit,
+    WhichChildren,
+    _identity,
+)
+from slither._sys import link_to_parent, node_key, pid_alive
 
-RESTART_TYPES = ("permanent", "transient", "temporary")
-STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 _LIVENESS_PERIOD = timedelta(seconds=0.25)
 _PLACE = "slither-place-parked"
 _PLACE_DELAY = timedelta(milliseconds=50)
-
-
-_cheap_repr = cheap_repr
-
-
-@attrs.frozen(repr=False)
-class ChildSpec:
-    """How to start and restart one child.
-
-    Args:
-        id: the child's name, unique within its supervisor.
-        actor: the Thespian ``Actor`` subclass to create.
-        init: a message sent to the child after each (re)start, or None.
-        restart: ``"permanent"``, ``"transient"`` or ``"temporary"``.
-    """
-
-    id: str
-    actor: type
-    init: Any = None
-    restart: str = attrs.field(default="permanent")
-    requirements: Any = None  # Thespian targetActorRequirements: place the child on a matching convention member
-
-    @restart.validator
-    def _check_restart(self, _attr, value):
-        if value not in RESTART_TYPES:
-            raise ValueError(f"ChildSpec {self.id!r}: restart must be one of {RESTART_TYPES}, got {value!r}")
-
-    __repr__ = _cheap_repr
-
-
-@attrs.frozen(repr=False)
-class SupervisorInit:
-    """The first message a :class:`Supervisor` needs. Answered with :class:`Identity`."""
-
-    strategy: str = "one_for_one"
-    max_restarts: int = 3
-    max_seconds: float = 5.0
-    children: tuple = ()
-    name: str = "supervisor"
-    # This actor system's own capabilities. Given (a convention leader's), the
-    # supervisor places children that have requirements itself: on this system
-    # or a live member that offers them, the one with the fewest of its
-    # children; it parks a child no live system offers until a member that
-    # does joins, and restarts the children of a member that left.
-    capabilities: Any = None
-
-    def __attrs_post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"supervisor {self.name!r}: strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.max_restarts < 0 or self.max_seconds <= 0:
-            raise ValueError(f"supervisor {self.name!r}: need max_restarts >= 0 and max_seconds > 0")
-
-    __repr__ = _cheap_repr
-
-
-@attrs.frozen(repr=False)
-class StartChild:
-    """Add and start a child; answered with :class:`ChildStarted`."""
-
-    spec: ChildSpec
-    __repr__ = _cheap_repr
-
-
-@attrs.frozen(repr=False)
-class ChildStarted:
-    id: str
-    address: Any
-    __repr__ = _cheap_repr
-
-
-@attrs.frozen(repr=False)
-class StopChild:
-    """Stop a child and forget its spec; answered with :class:`ChildStopped`."""
-
-    id: str
-    __repr__ = _cheap_repr
-
-
-@attrs.frozen(repr=False)
-class ChildStopped:
-    id: str
-    __repr__ = _cheap_repr
-
-
-@attrs.frozen(repr=False)
-class WhichChildren:
-    """Answered with a list of ``(id, alive, pid, restarts)`` tuples."""
-
-    __repr__ = _cheap_repr
-
-
-@attrs.frozen(repr=False)
-class Identify:
-    __repr__ = _cheap_repr
-
-
-@attrs.frozen(repr=False)
-class Identity:
-    pid: int
-    pgid: int
-    node: str = ""  # node_key() of the process: a pid means something only on its own node
-    __repr__ = _cheap_repr
-
-
-def _identity() -> Identity:
-    return Identity(os.getpid(), os.getpgid(0), node_key())
-
-
-@attrs.frozen(repr=False)
-class ExitingNormally:
-    """A child tells its supervisor it is about to exit on purpose (for ``transient``)."""
-
-    __repr__ = _cheap_repr
 
 
 def offers(capabilities, requirements) -> bool:
@@ -279,71 +175,98 @@ class Supervisor(Actor):
 
     # -- message loop --------------------------------------------------
     def receiveMessage(self, message, sender):
-        if isinstance(message, SupervisorInit):
-            if self._cfg is None:
-                self._cfg = message
-                self.on_init(message)
-                for spec in message.children:
-                    self._add(spec)
-            self.send(sender, _identity())
-        elif isinstance(message, Identify):
-            self.send(sender, _identity())
-        elif isinstance(message, StartChild):
-            child = self._add(message.spec)
-            self.send(sender, ChildStarted(message.spec.id, child.address))
-        elif isinstance(message, StopChild):
-            for child in list(self._children):
-                if child.spec.id == message.id:
-                    self._children.remove(child)
-                    if child.address is not None:
-                        self.send(child.address, ActorExitRequest())
-            self.send(sender, ChildStopped(message.id))
-        elif isinstance(message, WhichChildren):
-            self.send(
-                sender,
-                [(c.spec.id, c.address is not None, c.pid, c.restarts) for c in self._children],
-            )
-        elif isinstance(message, Identity):
-            for child in self._children:
-                if child.address == sender:
-                    if message.node and message.node != node_key():
-                        continue  # a child on another node: its pid cannot be watched from here
-                    child.pid = message.pid
-                    self.on_child_identified(child.spec.id, message.pid)
-                    self._watch()
-        elif isinstance(message, ExitingNormally):
-            for child in self._children:
-                if child.address == sender:
-                    child.normal_exit = True
-        elif isinstance(message, ChildActorExited):
-            self._exited(message.childAddress)
-        elif isinstance(message, ActorSystemConventionUpdate):
-            self._membership(message)
-        elif isinstance(message, WakeupMessage) and message.payload == _PLACE:
+        handler = self._HANDLERS.get(type(message))
+        if handler is None:  # a subclass of one of them
+            handler = next((h for t, h in self._HANDLERS.items() if isinstance(message, t)), None)
+        if handler is not None:
+            handler(self, message, sender)
+        elif isinstance(message, WakeupMessage):
+            self._on_wakeup(message)
+        elif not isinstance(message, PoisonMessage):
+            self.on_other_message(message, sender)
+
+    def _on_supervisor_init(self, message: SupervisorInit, sender) -> None:
+        if self._cfg is None:
+            self._cfg = message
+            self.on_init(message)
+            for spec in message.children:
+                self._add(spec)
+        self.send(sender, _identity())
+
+    def _on_identify(self, message, sender) -> None:
+        self.send(sender, _identity())
+
+    def _on_start_child(self, message: StartChild, sender) -> None:
+        child = self._add(message.spec)
+        self.send(sender, ChildStarted(message.spec.id, child.address))
+
+    def _on_stop_child(self, message: StopChild, sender) -> None:
+        for child in list(self._children):
+            if child.spec.id == message.id:
+                self._children.remove(child)
+                if child.address is not None:
+                    self.send(child.address, ActorExitRequest())
+        self.send(sender, ChildStopped(message.id))
+
+    def _on_which_children(self, message, sender) -> None:
+        self.send(sender, [(c.spec.id, c.address is not None, c.pid, c.restarts) for c in self._children])
+
+    def _on_identity(self, message: Identity, sender) -> None:
+        for child in self._children:
+            if child.address == sender:
+                if message.node and message.node != node_key():
+                    continue  # a child on another node: its pid cannot be watched from here
+                child.pid = message.pid
+                self.on_child_identified(child.spec.id, message.pid)
+                self._watch()
+
+    def _on_exiting_normally(self, message, sender) -> None:
+        for child in self._children:
+            if child.address == sender:
+                child.normal_exit = True
+
+    def _on_child_exited(self, message: ChildActorExited, sender) -> None:
+        self._exited(message.childAddress)
+
+    def _on_convention_update(self, message: ActorSystemConventionUpdate, sender) -> None:
+        self._membership(message)
+
+    def _on_wakeup(self, message: WakeupMessage) -> None:
+        if message.payload == _PLACE:
             self._placing = False
             for child in list(self._children):
                 if child.parked and not self._stopping:
                     self._start(child)
-        elif isinstance(message, WakeupMessage):
-            self._watching = False
-            if not self._stopping:
-                for child in list(self._children):
-                    if child.pid is not None and child.address is not None and not pid_alive(child.pid):
-                        self._report_dead(child)
-                self._watch()
-        elif isinstance(message, ActorExitRequest):
-            self._stopping = True
-            for child in self._children:
-                if child.address is None:
-                    continue
-                if child.pid is not None and not pid_alive(child.pid):
-                    self._report_dead(child)  # nothing to ask; and Thespian must not wait for it
-                else:
-                    self.send(child.address, ActorExitRequest())
-        elif isinstance(message, (PoisonMessage,)):
-            pass
-        else:
-            self.on_other_message(message, sender)
+            return
+        self._watching = False
+        if not self._stopping:
+            for child in list(self._children):
+                if child.pid is not None and child.address is not None and not pid_alive(child.pid):
+                    self._report_dead(child)
+            self._watch()
+
+    def _on_exit_request(self, message, sender) -> None:
+        self._stopping = True
+        for child in self._children:
+            if child.address is None:
+                continue
+            if child.pid is not None and not pid_alive(child.pid):
+                self._report_dead(child)  # nothing to ask; and Thespian must not wait for it
+            else:
+                self.send(child.address, ActorExitRequest())
+
+    _HANDLERS = {
+        SupervisorInit: _on_supervisor_init,
+        Identify: _on_identify,
+        StartChild: _on_start_child,
+        StopChild: _on_stop_child,
+        WhichChildren: _on_which_children,
+        Identity: _on_identity,
+        ExitingNormally: _on_exiting_normally,
+        ChildActorExited: _on_child_exited,
+        ActorSystemConventionUpdate: _on_convention_update,
+        ActorExitRequest: _on_exit_request,
+    }
 
     # -- internals -----------------------------------------------------
     def _report_dead(self, child: _Child) -> None:

@@ -1,5 +1,7 @@
-"""Starting a runtime's pools: the caller-side ``Pool``, its supervisor, its workers,
-and (on a convention) waiting for a member that offers what the pool needs."""
+"""Starting a runtime's actor system and pools: the system's capabilities (and this
+process readied for its convention role), each pool's caller-side ``Pool``, its
+supervisor and workers, and (on a convention) waiting for a member that offers what
+a pool needs."""
 
 from __future__ import annotations
 
@@ -9,10 +11,11 @@ from collections.abc import Mapping
 
 from thespian.actors import ActorExitRequest, NoCompatibleSystemForActor
 
+from slither import _thespian, cluster
 from slither._actors import PlacementProbe, PoolInit, PoolSupervisor, Worker, WorkerInit
 from slither._pool import Pool
 from slither._runtime.spec import PoolSpec
-from slither._sys import node_key
+from slither._sys import free_port, node_key
 from slither.errors import ConfigurationError, RuntimeNotStarted
 from slither.supervision import ChildSpec, ChildStarted, Identity, StartChild, SupervisorInit
 
@@ -90,3 +93,22 @@ def start_pool(rt, name: str, spec: PoolSpec) -> Pool:
         with pool.lock:
             pool.sup_pid = ident.pid
     return pool
+
+
+def system_capabilities(rt) -> dict:
+    """The actor system's capabilities, and this process readied for its convention role."""
+    conv = rt.convention
+    if conv is not None and conv.join:
+        # A member, like `slither node`: the leader may place workers here; they read
+        # stores from replicas this process keeps (see slither._store.replica).
+        port, caps, rt._replicas = cluster._member_setup(
+            conv.address, conv.secret, conv.capabilities, conv.name, 0, conv.listen, rt._dir
+        )
+        return {"Admin Port": port, **caps}
+    if conv is not None:
+        _thespian.bind_to(conv.host)
+        _thespian.add_key(conv.secret)  # Thespian messages between hosts are signed with it
+        caps = {"Admin Port": conv.port, "node": "leader", **{str(k): str(v) for k, v in conv.capabilities.items()}}
+        rt._capabilities = {k: v for k, v in caps.items() if k != "Admin Port"}
+        return caps
+    return {"Admin Port": free_port()}

@@ -41,7 +41,7 @@ from slither._runtime import stop
 from slither._runtime.registry import _current, _live
 from slither._runtime.spec import PoolSpec, as_spec
 from slither._store import Store
-from slither._sys import free_port, pids_in_group, private_dir
+from slither._sys import pids_in_group, private_dir
 from slither.cluster import Convention
 from slither.errors import ConfigurationError, RuntimeNotStarted
 from slither.supervision import ChildStopped, Identity, StopChild, SupervisorInit
@@ -161,7 +161,7 @@ class Runtime:
         self._dir = private_dir("slither-")
         _thespian.prepare_environment(self._dir)
         conv = self.convention
-        caps = self._capabilities_of_system()
+        caps = pool_start.system_capabilities(self)
         # simpleSystemBase runs in this process: any logDefs would be applied to the caller's
         # own logging (its root set to CRITICAL, its handlers removed); False skips them there.
         log_defs = False if self.base == "simpleSystemBase" else _thespian.QUIET_LOGDEFS
@@ -204,24 +204,6 @@ class Runtime:
                     f"pool {pool.name!r}: {len(pool.workers)} of {pool.size} workers connected within {self.start_timeout}s"
                 )
         logger.debug("slither runtime started in {:.3f}s (dir {})", time.monotonic() - t0, self._dir)
-
-    def _capabilities_of_system(self) -> dict:
-        """The actor system's capabilities, and this process readied for its convention role."""
-        conv = self.convention
-        if conv is not None and conv.join:
-            # A member, like `slither node`: the leader may place workers here; they read
-            # stores from replicas this process keeps (see slither._store.replica).
-            port, caps, self._replicas = cluster._member_setup(
-                conv.address, conv.secret, conv.capabilities, conv.name, 0, conv.listen, self._dir
-            )
-            return {"Admin Port": port, **caps}
-        if conv is not None:
-            _thespian.bind_to(conv.host)
-            _thespian.add_key(conv.secret)  # Thespian messages between hosts are signed with it
-            caps = {"Admin Port": conv.port, "node": "leader", **{str(k): str(v) for k, v in conv.capabilities.items()}}
-            self._capabilities = {k: v for k, v in caps.items() if k != "Admin Port"}
-            return caps
-        return {"Admin Port": free_port()}
 
     def _ask(self, addr, msg, expect: type | tuple = object, timeout: float = 10.0):
         """Ask and wait for a reply of type ``expect``, dropping stale replies

@@ -1,0 +1,130 @@
+"""The messages of :mod:`slither.supervision` (child specs, requests and answers),
+in one place: frozen attrs classes with an O(1) repr (Thespian formats every
+message it sends)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import attrs
+
+from slither._sys import cheap_repr, node_key
+
+_cheap_repr = cheap_repr
+
+RESTART_TYPES = ("permanent", "transient", "temporary")
+STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+
+
+_cheap_repr = cheap_repr
+
+
+@attrs.frozen(repr=False)
+class ChildSpec:
+    """How to start and restart one child.
+
+    Args:
+        id: the child's name, unique within its supervisor.
+        actor: the Thespian ``Actor`` subclass to create.
+        init: a message sent to the child after each (re)start, or None.
+        restart: ``"permanent"``, ``"transient"`` or ``"temporary"``.
+    """
+
+    id: str
+    actor: type
+    init: Any = None
+    restart: str = attrs.field(default="permanent")
+    requirements: Any = None  # Thespian targetActorRequirements: place the child on a matching convention member
+
+    @restart.validator
+    def _check_restart(self, _attr, value):
+        if value not in RESTART_TYPES:
+            raise ValueError(f"ChildSpec {self.id!r}: restart must be one of {RESTART_TYPES}, got {value!r}")
+
+    __repr__ = _cheap_repr
+
+
+@attrs.frozen(repr=False)
+class SupervisorInit:
+    """The first message a :class:`Supervisor` needs. Answered with :class:`Identity`."""
+
+    strategy: str = "one_for_one"
+    max_restarts: int = 3
+    max_seconds: float = 5.0
+    children: tuple = ()
+    name: str = "supervisor"
+    # This actor system's own capabilities. Given (a convention leader's), the
+    # supervisor places children that have requirements itself: on this system
+    # or a live member that offers them, the one with the fewest of its
+    # children; it parks a child no live system offers until a member that
+    # does joins, and restarts the children of a member that left.
+    capabilities: Any = None
+
+    def __attrs_post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"supervisor {self.name!r}: strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.max_restarts < 0 or self.max_seconds <= 0:
+            raise ValueError(f"supervisor {self.name!r}: need max_restarts >= 0 and max_seconds > 0")
+
+    __repr__ = _cheap_repr
+
+
+@attrs.frozen(repr=False)
+class StartChild:
+    """Add and start a child; answered with :class:`ChildStarted`."""
+
+    spec: ChildSpec
+    __repr__ = _cheap_repr
+
+
+@attrs.frozen(repr=False)
+class ChildStarted:
+    id: str
+    address: Any
+    __repr__ = _cheap_repr
+
+
+@attrs.frozen(repr=False)
+class StopChild:
+    """Stop a child and forget its spec; answered with :class:`ChildStopped`."""
+
+    id: str
+    __repr__ = _cheap_repr
+
+
+@attrs.frozen(repr=False)
+class ChildStopped:
+    id: str
+    __repr__ = _cheap_repr
+
+
+@attrs.frozen(repr=False)
+class WhichChildren:
+    """Answered with a list of ``(id, alive, pid, restarts)`` tuples."""
+
+    __repr__ = _cheap_repr
+
+
+@attrs.frozen(repr=False)
+class Identify:
+    __repr__ = _cheap_repr
+
+
+@attrs.frozen(repr=False)
+class Identity:
+    pid: int
+    pgid: int
+    node: str = ""  # node_key() of the process: a pid means something only on its own node
+    __repr__ = _cheap_repr
+
+
+def _identity() -> Identity:
+    return Identity(os.getpid(), os.getpgid(0), node_key())
+
+
+@attrs.frozen(repr=False)
+class ExitingNormally:
+    """A child tells its supervisor it is about to exit on purpose (for ``transient``)."""
+
+    __repr__ = _cheap_repr
