@@ -5,12 +5,13 @@
     RootSupervisor            one_for_one; watches the caller's pid
     ├── PoolSupervisor(p)      temporary child of the root; restart intensity per PoolSpec
     │   └── Worker × size      permanent; a nanny that forks the worker process and reaps it
-    ├── StoreSupervisor        one_for_one
-    │   └── StoreServer(S)     the single writer of store S
-    └── PipeSupervisor         (pipes' long-lived runners live in the caller; see pipe.py)
+    └── StoreSupervisor        one_for_one (see slither._store.service)
+        └── StoreServer(S)     the single writer of store S
 
-Control (creation, restarts, exits) rides Thespian; batches and store writes
-ride Unix sockets (``slither._wire``).
+Pipes run in the caller's process: a long-lived pipe's stages are threads
+there, and its pool stages use the pools above. Control (creation,
+restarts, exits) rides Thespian; batches and store writes ride Unix sockets
+(``slither._wire``).
 """
 
 from __future__ import annotations

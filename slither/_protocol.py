@@ -37,7 +37,8 @@ table, key)``, ``("update", table, key, raw key, cloudpickled fn)``,
 ``("reload",)``, ``("ping",)``, ``("subscribe",)``; answered ``("ok",
 value)`` or ``("err", code, message)``. Server → replica: ``("snap",
 names)``, ``("rows", name, rows)``, ``("ready",)``, ``("chg", changes)``
-(acknowledged ``("ack",)``), ``("end", why)``.
+(acknowledged ``("ack",)``), ``("end",)`` after the snapshot. A worker on a
+member asks its node's replica service ``("ensure", store name, (host, port))``.
 """
 
 from __future__ import annotations
@@ -128,6 +129,59 @@ def pool_down(token: str, pool: str, pid: int) -> tuple:
 
 def exit_report(token: str, pool: str, index: int, pid: int, exitcode: int, fault: str) -> tuple:
     return (EXIT, token, pool, index, pid, exitcode, fault)
+
+
+def result_problem(results, n: int) -> str | None:
+    """What is wrong with a batch function's ``results`` for ``n`` payloads (None: nothing).
+    The one rule, applied in the worker and by executors in the caller."""
+    if not isinstance(results, list):
+        return f"batch function returned {type(results).__name__}, expected a list"
+    if len(results) != n:
+        return f"batch function returned {len(results)} results for {n} items"
+    return None
+
+
+# -- stores ------------------------------------------------------------------------
+
+
+def put(table: str, key: bytes, value: bytes) -> tuple:
+    return ("put", table, key, value)
+
+
+def bulk(table: str, rows: list) -> tuple:
+    return ("bulk", table, rows)
+
+
+def delete(table: str, key: bytes) -> tuple:
+    return ("delete", table, key)
+
+
+def update(table: str, key: bytes, raw_key, fn_blob: bytes) -> tuple:
+    return ("update", table, key, raw_key, fn_blob)
+
+
+RELOAD = ("reload",)
+PING = ("ping",)
+SUBSCRIBE = ("subscribe",)
+ACK = ("ack",)
+READY = ("ready",)
+END = ("end",)
+
+
+def snap(names: list) -> tuple:
+    return ("snap", names)
+
+
+def rows(name: bytes, rows: list) -> tuple:
+    return ("rows", name, rows)
+
+
+def chg(changes: list) -> tuple:
+    return ("chg", changes)
+
+
+def ensure(name: str, address: tuple) -> tuple:
+    return ("ensure", name, address)
 
 
 def store_ok(value=None) -> tuple:

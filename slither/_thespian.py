@@ -10,8 +10,10 @@ runtime's processes own.
 
 Also here: every Thespian message is signed and an unsigned one is dropped
 before it is unpickled (below), the convention check-in periods are
-shortened so that a dead member is noticed in seconds, not minutes, and a
-child's exit is never dropped unreported.
+shortened so that a dead member is noticed in seconds, not minutes, a
+child's exit is never dropped unreported, the caller's logging tree is kept
+for the workers (Thespian replaces it in every actor process), and a filter
+on the root logger keeps Thespian's own log lines from the caller's handlers.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ os.environ.setdefault("THESPIAN_BASE_IPADDR", LOOPBACK)
 LOOPBACK_ONLY = os.environ["THESPIAN_BASE_IPADDR"].startswith("127.")
 
 # Silence Thespian: its logging config is applied with dictConfig in its
-# logger process. logDefs=False crashes every actor (see THESPIAN.md).
+# logger process. logDefs=False makes every actor of a multi-process base fail
+# (an AttributeError in get_min_log_level, then createActor hangs 50 s).
 QUIET_LOGDEFS = {"version": 1, "disable_existing_loggers": False, "root": {"level": "CRITICAL", "handlers": []}}
 
 _orig_bind_args = IPBase.IPActorAddress.bindArgs
@@ -115,9 +118,8 @@ if "CONVENTION_RESTART_PERIOD" not in os.environ:
 # drops *every* child process it finds dead from its list, including one that died
 # a moment ago and whose SIGCHLD is still pending. When that SIGCHLD is handled the
 # child is no longer listed, so its ChildActorExited never comes: the parent keeps
-# it among its children for good, and at shutdown waits for it forever (seen after
-# workers SIGKILLed in quick succession: shutdown stalled until our process-group
-# backstop, in about half of the runs of 20 kills). Here handling one exit reports
+# it among its children for good, and at shutdown waits for it forever (workers
+# SIGKILLed in quick succession leave such ghosts). Here handling one exit reports
 # every dead child, as the SIGCHLD path does; a duplicate report is harmless
 # (Thespian removes an address once; our supervisors match reports by address).
 from thespian.system import multiprocCommon as _mpc  # noqa: E402

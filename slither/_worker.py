@@ -187,12 +187,8 @@ def _run_one(msg, send) -> None:
         except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too: the batch fails, not the worker
             reply = _error_reply(ref, exc)
         else:
-            if not isinstance(results, list):
-                reply = _protocol.bad(ref, f"batch function returned {type(results).__name__}, expected a list")
-            elif len(results) != len(payloads):
-                reply = _protocol.bad(ref, f"batch function returned {len(results)} results for {len(payloads)} items")
-            else:
-                reply = _protocol.ok(ref, results)
+            problem = _protocol.result_problem(results, len(payloads))
+            reply = _protocol.ok(ref, results) if problem is None else _protocol.bad(ref, problem)
         send(_reply_chunks(reply))
         worker._info["batches"] = worker._info.get("batches", 0) + 1
     finally:

@@ -61,14 +61,18 @@ def test_stream_cancelled_from_another_thread_kills_its_running_batch(rt):
 
         stream = rt.dispatch_stream(itertools.count(), held, batch_size=5, max_in_flight=2, timeout=None)
         seen = []
+        first_batch = threading.Event()
 
         def consume():
             for item in stream:
                 seen.append(item.payload)
+                if item.payload == 4:
+                    first_batch.set()
 
         t = threading.Thread(target=consume)
         t.start()
-        pid = rv.wait(timeout=20)  # the consumer waits for the held batch
+        pid = rv.wait(timeout=20)  # a worker holds batch 1
+        assert first_batch.wait(20)  # and the consumer has batch 0: it now waits for batch 1
         stream.cancel()
         t.join(20)
         assert not t.is_alive()

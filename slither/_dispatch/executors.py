@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from slither import worker
+from slither import _protocol, worker
 from slither._item import Context, Item
 from slither.errors import BadBatchResult, ConfigurationError
 
@@ -26,12 +26,7 @@ class InlineExecutor:
             results = self.fn([i.payload for i in batch])
         finally:
             worker._current = prev
-        _check_results(results, len(batch))
+        problem = _protocol.result_problem(results, len(batch))
+        if problem is not None:
+            raise BadBatchResult(problem)
         return [i.update_payload(r) for i, r in zip(batch, results)]
-
-
-def _check_results(results, n) -> None:
-    if not isinstance(results, list):
-        raise BadBatchResult(f"batch function returned {type(results).__name__}, expected a list")
-    if len(results) != n:
-        raise BadBatchResult(f"batch function returned {len(results)} results for {n} items")

@@ -34,7 +34,7 @@ import threading
 import lmdb
 from loguru import logger
 
-from slither import _net, _wire
+from slither import _net, _protocol, _wire
 from slither._store.schema import MAP_SIZE
 from slither._sys import private_dir, serve_forever
 from slither.errors import StoreError
@@ -63,7 +63,7 @@ class _Replica:
             try:
                 self.sock = _net.connect(self.address, self.service.secret, timeout=10)
                 self.sock.settimeout(None)
-                _wire.send(self.sock, (secrets.token_hex(8), 0, ("subscribe",)))
+                _wire.send(self.sock, (secrets.token_hex(8), 0, _protocol.SUBSCRIBE))
                 self._follow(_wire.Reader(self.sock).recv)
             except Exception as exc:  # noqa: BLE001 - the leader restarted, the network went away...
                 self.error = f"{type(exc).__name__}: {exc}"
@@ -112,7 +112,7 @@ class _Replica:
                             txn.delete(change[2], db=db)
                         else:
                             txn.drop(db, delete=False)
-                _wire.send(self.sock, ("ack",))
+                _wire.send(self.sock, _protocol.ACK)
             elif msg[0] == "ready":
                 self.error = ""
                 self.ready.set()
@@ -197,7 +197,7 @@ def ensure(name: str, address: tuple) -> str:
     s = _wire.connect(_net.MEMBER.replica_sock, timeout=10)
     try:
         s.settimeout(READY_TIMEOUT + 10)
-        _wire.send(s, ("ensure", name, tuple(address)))
+        _wire.send(s, _protocol.ensure(name, tuple(address)))
         status, value = _wire.recv(s)
     finally:
         s.close()

@@ -12,7 +12,7 @@ import queue
 import socket
 import threading
 
-from slither import _wire
+from slither import _protocol, _wire
 from slither._store.schema import _dbname
 
 REPLICA_ACK_TIMEOUT = 10.0
@@ -106,7 +106,7 @@ def serve_replica(server, conn) -> None:
         server.subs.append(sub)
     try:
         try:
-            _wire.send(conn, ("snap", [b"__meta__", *(_dbname(t) for t in server.tables)]))
+            _wire.send(conn, _protocol.snap([b"__meta__", *(_dbname(t) for t in server.tables)]))
             for name, db in [(b"__meta__", server.meta), *((_dbname(t), d) for t, d in server.dbs.items())]:
                 rows = []
                 for k, v in rtxn.cursor(db=db):
@@ -114,11 +114,11 @@ def serve_replica(server, conn) -> None:
                         continue
                     rows.append((bytes(k), bytes(v)))
                     if len(rows) >= _SNAPSHOT_ROWS:
-                        _wire.send(conn, ("rows", name, rows))
+                        _wire.send(conn, _protocol.rows(name, rows))
                         rows = []
                 if rows:
-                    _wire.send(conn, ("rows", name, rows))
-            _wire.send(conn, ("end",))
+                    _wire.send(conn, _protocol.rows(name, rows))
+            _wire.send(conn, _protocol.END)
         finally:
             rtxn.abort()
         with server.lock:
@@ -127,10 +127,10 @@ def serve_replica(server, conn) -> None:
         while True:
             changes, ev = sub.q.get()
             if changes is None:
-                _wire.send(conn, ("ready",))
+                _wire.send(conn, _protocol.READY)
                 continue
-            _wire.send(conn, ("chg", changes))
-            if _wire.recv(conn) != ("ack",):
+            _wire.send(conn, _protocol.chg(changes))
+            if _wire.recv(conn) != _protocol.ACK:
                 return
             ev.set()
             ev = None

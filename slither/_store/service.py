@@ -6,6 +6,7 @@ import os
 
 import cloudpickle
 
+from slither import _protocol
 from slither._store.local import _Entry, _registry, _server_envs
 from slither._store.server import StoreInit, StoreServer
 from slither._sys import free_port
@@ -24,7 +25,7 @@ class StoreHandle:
         return self.info
 
     def server_pid(self) -> int:
-        return _registry[self.name].client().request(("ping",))["pid"]
+        return _registry[self.name].client().request(_protocol.PING)["pid"]
 
 
 def start_stores(classes, handles: dict, *, ask, root, private_dir: str, data_dir, convention, token: str) -> None:
@@ -82,7 +83,7 @@ def start_stores(classes, handles: dict, *, ask, root, private_dir: str, data_di
         _registry[cls.store_name] = _Entry(cls.store_name, info, cls)
         handles[cls.store_name] = StoreHandle(cls.store_name, info)
     for cls, _info, _ in specs:
-        status = _registry[cls.store_name].client().request(("ping",))
+        status = _registry[cls.store_name].client().request(_protocol.PING)
         if status["load_error"]:
             raise StoreError(status["load_error"])
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import cloudpickle
 
-from slither import _keys, telemetry
+from slither import _keys, _protocol, telemetry
 from slither._item import Context
 from slither._store.local import _entry, _registry
 from slither._store.reads import _MISSING, _encode, _loads, _read, _Reader
@@ -137,7 +137,7 @@ class Store:
         """Insert or replace (bag: add, unless the same value is already there)."""
         e = _entry(cls)
         k, v = _encode_kv(e, table, key, value)
-        _write(cls, ("put", table, k, v), table, "put")
+        _write(cls, _protocol.put(table, k, v), table, "put")
 
     @classmethod
     def update(cls, table: str, key, fn: Callable[[Any], Any]):
@@ -155,7 +155,7 @@ class Store:
         except Exception as exc:
             raise StoreError(f"store {e.name!r}: update fn cannot be pickled: {exc}") from exc
         try:
-            return _write(cls, ("update", table, k, key, blob), table, "update")
+            return _write(cls, _protocol.update(table, k, key, blob), table, "update")
         except KeyError:
             raise KeyError(key) from None
 
@@ -164,7 +164,7 @@ class Store:
         """Remove ``key`` (every value, for bags). A missing key is not an error."""
         e = _entry(cls)
         k, _ = _encode_kv(e, table, key)
-        _write(cls, ("delete", table, k), table, "delete")
+        _write(cls, _protocol.delete(table, k), table, "delete")
 
     @classmethod
     def bulk_insert(cls, table: str, records) -> int:
@@ -175,7 +175,7 @@ class Store:
             if not isinstance(rec, tuple) or len(rec) != 2:
                 raise StoreError(f"store {e.name!r}: bulk_insert records must be (key, value) tuples, got {rec!r:.80}")
             rows.append(_encode_kv(e, table, rec[0], rec[1]))
-        _write(cls, ("bulk", table, rows), table, "bulk_insert", len(rows))
+        _write(cls, _protocol.bulk(table, rows), table, "bulk_insert", len(rows))
         return len(rows)
 
     @classmethod
@@ -187,7 +187,7 @@ class Store:
         """
         e = _entry(cls)
         with telemetry.span(("slither", "store", "reload"), {"store": e.name}) if telemetry._forward is None else _nullspan():
-            return e.client().request(("reload",))
+            return e.client().request(_protocol.RELOAD)
 
     @classmethod
     def view(cls, name: str, params=None, ctx=None):
