@@ -8,8 +8,8 @@ process), :func:`dispatch` (batched fan-out with backpressure), and
 from loguru import logger as _logger
 
 from slither import cluster, errors, stage, telemetry, worker
-from slither._api import call_batch, dispatch, dispatch_stream, run_pipe, start_pipe, stream_pipe
-from slither._dispatch import FixedBatch, InlineExecutor, KeyPartition, Retry, Route, Strategy, WeightedBatch
+from slither._api import call_batch, dispatch, dispatch_stream, map, run_pipe, start_pipe, stream_pipe
+from slither._dispatch import FixedBatch, InlineExecutor, KeyPartition, Retry, Route, Skipped, Strategy, WeightedBatch
 from slither._item import Context, Item
 from slither._pipe import Pipe, PipeHandle, PipeResult
 from slither._runtime import PoolSpec, Runtime, runtime, shutdown, start
@@ -67,6 +67,7 @@ __all__ = [
     "RuntimeNotStarted",
     "SerializationError",
     "Skip",
+    "Skipped",
     "SlitherError",
     "Store",
     "StoreError",
@@ -84,6 +85,7 @@ __all__ = [
     "dispatch",
     "dispatch_stream",
     "errors",
+    "map",
     "run_pipe",
     "runtime",
     "shutdown",

@@ -56,6 +56,11 @@ def call_batch(batch: Iterable, fn=None, **opts) -> list[Item]:
     return _dispatch.call_batch(batch, fn, runtime=_runtime_for(opts), **opts)
 
 
+def map(fn, iterable: Iterable, **opts) -> Iterator:  # noqa: A001 - the name users know
+    """``fn`` on every input in worker processes: plain results, one per input (see :meth:`Runtime.map`)."""
+    return _dispatch.map_values(fn, iterable, runtime=_runtime_for(opts), **opts)
+
+
 def run_pipe(pipe, items: Iterable, **opts):
     """Run ``pipe`` over ``items`` to the end; see :meth:`Runtime.run_pipe`."""
     return _pipe.run_pipe(pipe, items, runtime=_runtime_for(opts), **opts)
@@ -71,4 +76,4 @@ def start_pipe(pipe, **opts):
     return _pipe.start_pipe(pipe, runtime=_runtime_for(opts), **opts)
 
 
-__all__ = ["dispatch", "dispatch_stream", "call_batch", "run_pipe", "stream_pipe", "start_pipe"]
+__all__ = ["dispatch", "dispatch_stream", "call_batch", "map", "run_pipe", "stream_pipe", "start_pipe"]

@@ -318,3 +318,10 @@ def run_forked(init, nanny_pid: int, fault_fd: int | None) -> None:
         code = 70
     finally:
         os._exit(code)
+
+
+def apply_each(fn, payloads: list) -> list:
+    """The batch function of ``map``: ``fn`` (a callable, or ``"module:function"``) on each payload."""
+    if isinstance(fn, str):
+        fn = _fn_cache.get(("each", fn)) or _fn_cache.setdefault(("each", fn), resolve(fn))
+    return [fn(p) for p in payloads]

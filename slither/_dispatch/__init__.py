@@ -21,6 +21,7 @@ Tunables and their trade-offs:
 from slither._dispatch.api import call_batch, dispatch, dispatch_stream, progress_bar, run_on_workers
 from slither._dispatch.engine import _Dispatch
 from slither._dispatch.executors import InlineExecutor
+from slither._dispatch.mapping import Skipped, map_values
 from slither._dispatch.options import check_options
 from slither._dispatch.policies import Retry, Route, check_policy
 from slither._dispatch.strategies import FixedBatch, KeyPartition, Strategy, WeightedBatch
@@ -31,6 +32,7 @@ __all__ = [
     "KeyPartition",
     "Retry",
     "Route",
+    "Skipped",
     "Strategy",
     "WeightedBatch",
     "_Dispatch",
@@ -39,6 +41,7 @@ __all__ = [
     "check_policy",
     "dispatch",
     "dispatch_stream",
+    "map_values",
     "progress_bar",
     "run_on_workers",
 ]

@@ -188,9 +188,12 @@ class _Dispatch:
             out = [_make(Item, i.id, r, i.meta, i.route) for i, r in zip(b._items, result)]
         if isinstance(self.on_error, Retry):
             out = [i.put_meta({"attempts": b.attempts}) for i in out]
+        self._finish_telemetry(b, pid)
+        return out
+
+    def _finish_telemetry(self, b: _Batch, pid) -> None:
         if telemetry.has_handlers(_STOP):
             telemetry.emit(_STOP, {"duration": time.monotonic_ns() - b.t0}, self._batch_meta(b, worker=pid))
-        return out
 
     def _failed(self, b: _Batch, exc: BaseException, pid, retries: list) -> list[Item] | None:
         """Apply the policy. Returns replacement items, None when retried; raises for halt."""

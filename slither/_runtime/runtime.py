@@ -333,6 +333,18 @@ class Runtime:
         """See :func:`slither.call_batch`."""
         return _dispatch.call_batch(batch, fn, runtime=self, **opts)
 
+    def map(self, fn, iterable, **opts):
+        """``fn`` on every input, in worker processes; an iterator of plain results, one
+        per input, in input order (``ordering="as_completed"``: as they finish), like
+        ``multiprocessing.Pool.imap``. The fast path for tiny work: no ``Item`` is built.
+
+        Options as for :meth:`dispatch` (``batch_size``, ``max_in_flight``, ``ordering``,
+        ``on_error``, ``timeout``, ``pool``, ...). A failing input fails its batch; under
+        ``on_error="skip"`` each input of that batch yields a :class:`slither.Skipped`.
+        The iterator has ``close()`` and ``cancel()`` (from any thread).
+        """
+        return _dispatch.map_values(fn, iterable, runtime=self, **opts)
+
     def run_on_workers(self, fn, pool: str = "default", timeout: float = 30.0) -> list[tuple[int, Any]]:
         """Run ``fn()`` once on every connected worker of ``pool``; ``[(pid, value)]``.
 

@@ -1,0 +1,66 @@
+"""``map``: plain values back, one per input, the tiny-work fast path.
+
+The same engine as ``dispatch`` (window, retries, timeouts, crash isolation),
+with no ``Item`` built for a result: each batch's list of values is handed
+out as the worker sent it. ``fn`` is applied to each input, as with
+``multiprocessing.Pool.imap``; a failing input fails its batch, and the
+batch's policy applies (under ``"skip"`` every input of that batch is a
+:class:`Skipped`: use a smaller ``batch_size`` to confine a failure).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator
+
+import attrs
+
+from slither import _worker
+from slither._dispatch.api import _known, _Stream
+from slither._dispatch.batch import _Batch
+from slither._dispatch.engine import _Dispatch
+from slither._dispatch.options import resolve_fn
+from slither.errors import ConfigurationError
+
+
+@attrs.frozen
+class Skipped:
+    """What ``map`` yields for an input whose batch failed under ``on_error="skip"``.
+
+    A marker of its own, not ``None`` (a legitimate result) nor the exception
+    itself (a function may return exceptions): test ``isinstance(r, Skipped)``.
+
+    Attributes:
+        error: the batch's failure (a ``BatchFailure``: ``WorkerError``, ...).
+        attempts: how many times the batch ran.
+    """
+
+    error: BaseException
+    attempts: int = 1
+
+
+class _MapRun(_Dispatch):
+    """A dispatch whose batches come back as lists of values."""
+
+    def _finish_ok(self, b: _Batch, result, pid) -> list:
+        if self.executor is not None:
+            return [i.payload for i in result]
+        super()._finish_telemetry(b, pid)
+        return result
+
+    def _failed(self, b: _Batch, exc: BaseException, pid, retries: list) -> list | None:
+        out = super()._failed(b, exc, pid, retries)
+        if out is None:
+            return None
+        return [Skipped(exc, i.meta.get("attempts", b.attempts)) if i.meta.get("skipped") else i.payload for i in out]
+
+
+def map_values(fn, iterable: Iterable, *, runtime=None, **opts) -> Iterator:
+    """See :meth:`slither.Runtime.map`."""
+    if fn is None or not (callable(fn) or isinstance(fn, str)):
+        raise ConfigurationError(f"map: fn must be a callable or 'module:function', got {fn!r}")
+    if isinstance(fn, str):
+        resolve_fn(fn)  # a missing module or function fails here, before any work
+    if "executor" in opts:
+        raise ConfigurationError("map: executor= is not supported; use dispatch() with an executor")
+    return _Stream(_MapRun(iterable, functools.partial(_worker.apply_each, fn), runtime=runtime, **_known("map", opts)))

@@ -1,0 +1,76 @@
+"""map: plain values back, one per input, with dispatch's window, policies and isolation."""
+
+import itertools
+import math
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import slither
+from slither import DispatchError, Retry, Skipped, WorkerError
+from slither.testing import crash_when, once_per
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@settings(max_examples=15)
+@given(n=st.integers(0, 300), batch_size=st.integers(1, 40), ordering=st.sampled_from(["preserve", "as_completed"]))
+def test_one_result_per_input(rt, n, batch_size, ordering):
+    out = list(rt.map(lambda x: x * 3, range(n), batch_size=batch_size, ordering=ordering))
+    if ordering == "preserve":
+        assert out == [x * 3 for x in range(n)]
+    else:
+        assert sorted(out) == [x * 3 for x in range(n)]
+
+
+def test_named_function_and_its_check_before_work(rt):
+    assert list(rt.map("math:sqrt", [4, 9])) == [2.0, 3.0]
+    with pytest.raises(slither.ConfigurationError, match="module 'math' has no attribute 'nosuch'"):
+        rt.map("math:nosuch", [1])
+
+
+def test_results_are_plain_values_not_items(rt):
+    out = list(rt.map(lambda x: {"n": x}, [1, 2]))
+    assert out == [{"n": 1}, {"n": 2}] and not any(isinstance(v, slither.Item) for v in out)
+
+
+def test_skip_yields_the_skipped_marker_for_the_failing_batch_only(rt):
+    out = list(rt.map(lambda x: 10 // x, [5, 0, 2, 1], batch_size=2, on_error="skip"))
+    assert isinstance(out[0], Skipped) and isinstance(out[1], Skipped)
+    assert isinstance(out[0].error, WorkerError) and out[0].error.remote_type == "ZeroDivisionError"
+    assert out[2:] == [5, 10]
+
+
+def test_halt_raises_with_the_workers_traceback(rt):
+    with pytest.raises(DispatchError) as ei:
+        list(rt.map(lambda x: math.log(x), [1, 0]))  # the failing line
+    assert "math.log(x)" in ei.value.reason.remote_traceback
+
+
+@pytest.mark.chaos
+def test_a_crashed_worker_costs_nothing_under_retry(rt, tmp_path):
+    fn = once_per(str(tmp_path), crash_when, lambda xs: [x + 1 for x in xs], lambda x: x % 7 == 3)
+    # crash_when wraps a batch function; map applies fn per input, so wrap each input as a batch of one
+    out = list(rt.map(lambda x, fn=fn: fn([x])[0], range(40), batch_size=4, on_error=Retry(3, backoff=0)))
+    assert out == [x + 1 for x in range(40)]
+
+
+def test_input_is_read_lazily(rt):
+    taken = []
+
+    def source():
+        for x in itertools.count():
+            taken.append(x)
+            yield x
+
+    it = rt.map(lambda x: x, source(), batch_size=10, max_in_flight=3)
+    assert list(itertools.islice(it, 5)) == [0, 1, 2, 3, 4]
+    it.close()
+    assert len(taken) <= 10 * 4  # the window, and the batch being cut
+
+
+def test_top_level_map_uses_the_runtime_of_the_with_block():
+    with slither.Runtime(pools={"default": 1}) as rt:
+        assert list(slither.map(lambda x: os.getpid(), [1])) == [rt.worker_pids()[0]]
