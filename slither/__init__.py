@@ -10,6 +10,7 @@ from loguru import logger as _logger
 from slither import cluster, errors, stage, telemetry, worker
 from slither._api import call_batch, dispatch, dispatch_stream, map, run_pipe, start_pipe, stream_pipe
 from slither._dispatch import FixedBatch, InlineExecutor, KeyPartition, Retry, Route, Skipped, Strategy, WeightedBatch
+from slither._executor import Executor
 from slither._item import Context, Item
 from slither._pipe import Pipe, PipeHandle, PipeResult
 from slither._runtime import PoolSpec, Runtime, runtime, shutdown, start
@@ -47,6 +48,7 @@ __all__ = [
     "Context",
     "Convention",
     "DispatchError",
+    "Executor",
     "Fail",
     "FixedBatch",
     "InlineExecutor",

@@ -325,3 +325,34 @@ def apply_each(fn, payloads: list) -> list:
     if isinstance(fn, str):
         fn = _fn_cache.get(("each", fn)) or _fn_cache.setdefault(("each", fn), resolve(fn))
     return [fn(p) for p in payloads]
+
+
+class Raised:
+    """What ``call_each`` returns for a call that raised: the exception and the worker's traceback."""
+
+    __slots__ = ("exc", "traceback")
+
+    def __init__(self, exc: BaseException, traceback_text: str):
+        self.exc = exc
+        self.traceback = traceback_text
+
+    def __reduce__(self):
+        return (Raised, (self.exc, self.traceback))
+
+
+def call_each(fn, calls: list) -> list:
+    """The batch function of ``Executor.submit``: each ``(args, kwargs)`` called, an
+    exception of a call standing in its place as :class:`Raised`."""
+    out = []
+    for args, kwargs in calls:
+        try:
+            out.append(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - the future gets it
+            tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None  # start at the user's frame
+            out.append(Raised(exc, "".join(traceback.format_exception(type(exc), exc, tb))))
+    return out
+
+
+def call_star(fn, args: tuple):
+    """The per-input function of ``Executor.map``: ``fn(*args)``."""
+    return fn(*args)

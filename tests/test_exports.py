@@ -13,6 +13,7 @@ PUBLIC = {
     "Context",
     "Convention",
     "DispatchError",
+    "Executor",
     "Fail",
     "FixedBatch",
     "InlineExecutor",

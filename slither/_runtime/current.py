@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from slither import worker
-from slither._runtime.registry import _current
+from slither import _registry, worker
+from slither._registry import _current
 from slither._runtime.runtime import Runtime
 
 _default: Runtime | None = None
@@ -65,3 +65,6 @@ def runtime() -> Runtime:
             _default = Runtime()
             _default.start()
         return _default
+
+
+_registry._resolver = runtime  # calls without a runtime (Executor, ...) find it here

@@ -35,10 +35,11 @@ from thespian.actors import ActorSystem
 from slither import _dispatch, _pipe, _thespian, cluster
 from slither import _store as store_mod
 from slither._actors import RootSupervisor, WatchCaller
+from slither._executor import Executor
 from slither._pool import Hub, Pool
+from slither._registry import _current, _live
 from slither._runtime import pools as pool_start
 from slither._runtime import stop
-from slither._runtime.registry import _current, _live
 from slither._runtime.spec import PoolSpec, as_spec
 from slither._store import Store
 from slither._sys import pids_in_group, private_dir
@@ -344,6 +345,10 @@ class Runtime:
         The iterator has ``close()`` and ``cancel()`` (from any thread).
         """
         return _dispatch.map_values(fn, iterable, runtime=self, **opts)
+
+    def executor(self, pool: str = "default", *, timeout: float | None = None):
+        """A :class:`slither.Executor` (``concurrent.futures``) over pool ``pool`` of this runtime."""
+        return Executor(pool, runtime=self, timeout=timeout)
 
     def run_on_workers(self, fn, pool: str = "default", timeout: float = 30.0) -> list[tuple[int, Any]]:
         """Run ``fn()`` once on every connected worker of ``pool``; ``[(pid, value)]``.
