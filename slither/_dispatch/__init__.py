@@ -18,7 +18,7 @@ Tunables and their trade-offs:
 * ``on_error``: "halt" | "skip" | ``Retry(...)`` | ``Route(fn)``.
 """
 
-from slither._dispatch.api import call_batch, dispatch, dispatch_stream, progress_bar, run_on_workers
+from slither._dispatch.api import call_batch, collect, dispatch, dispatch_stream, known_options, progress_bar, run_on_workers
 from slither._dispatch.engine import _Dispatch
 from slither._dispatch.executors import InlineExecutor
 from slither._dispatch.mapping import Skipped, map_values
@@ -37,10 +37,12 @@ __all__ = [
     "WeightedBatch",
     "_Dispatch",
     "call_batch",
+    "collect",
     "check_options",
     "check_policy",
     "dispatch",
     "dispatch_stream",
+    "known_options",
     "map_values",
     "progress_bar",
     "run_on_workers",

@@ -55,7 +55,7 @@ def _counted(run: _Dispatch, bar):
 _OPTIONS = frozenset(inspect.signature(_Dispatch.__init__).parameters) - {"self", "items", "fn"}
 
 
-def _known(name: str, opts: dict) -> dict:
+def known_options(name: str, opts: dict) -> dict:
     """``opts``, once every key is an option of ``name`` (the error names the caller's function, not ours)."""
     for key in opts:
         if key not in _OPTIONS:
@@ -84,7 +84,11 @@ def dispatch(items: Iterable, fn=None, **opts) -> list[Item]:
 
     Runs in the calling thread; batches run in worker processes.
     """
-    run = _Dispatch(items, fn, **_known("dispatch", opts))
+    return collect(_Dispatch(items, fn, **known_options("dispatch", opts)))
+
+
+def collect(run: _Dispatch) -> list[Item]:
+    """Every Item of ``run``, in one list (``DispatchError.partial_results`` gets what came before)."""
     got: list[Item] = []
     try:
         for batch in _batches(run):
@@ -125,6 +129,10 @@ class _Stream:
         self._batches.close()
         collections.deque(self._current[0], maxlen=0)  # the chain's iterator over this batch is spent
 
+    def batches(self) -> Iterator[list]:
+        """The same results, a list per batch (what the async front doors hand over)."""
+        return self._batches
+
     def cancel(self) -> None:
         """Stop the dispatch from any thread, killing the workers running its batches
         (they are replaced); the iterating thread's loop ends at its next item."""
@@ -150,7 +158,7 @@ def dispatch_stream(items: Iterable, fn=None, **opts) -> Iterator[Item]:
     ahead of what the caller has taken. Options are validated now, before
     the first ``next()``. ``close()`` on the returned iterator stops early.
     """
-    return _Stream(_Dispatch(items, fn, **_known("dispatch_stream", opts)))
+    return _Stream(_Dispatch(items, fn, **known_options("dispatch_stream", opts)))
 
 
 def call_batch(batch: Iterable, fn=None, **opts) -> list[Item]:
@@ -189,4 +197,4 @@ def run_on_workers(rt, fn, pool: str, timeout: float) -> list[tuple[int, Any]]:
     return out
 
 
-__all__ = ["dispatch", "dispatch_stream", "call_batch", "run_on_workers", "progress_bar"]
+__all__ = ["collect", "dispatch", "dispatch_stream", "call_batch", "run_on_workers", "progress_bar"]

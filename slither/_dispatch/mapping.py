@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 import attrs
 
 from slither import _worker
-from slither._dispatch.api import _known, _Stream
+from slither._dispatch.api import _Stream, known_options
 from slither._dispatch.batch import _Batch
 from slither._dispatch.engine import _Dispatch
 from slither._dispatch.options import resolve_fn
@@ -63,4 +63,4 @@ def map_values(fn, iterable: Iterable, *, runtime=None, **opts) -> Iterator:
         resolve_fn(fn)  # a missing module or function fails here, before any work
     if "executor" in opts:
         raise ConfigurationError("map: executor= is not supported; use dispatch() with an executor")
-    return _Stream(_MapRun(iterable, functools.partial(_worker.apply_each, fn), runtime=runtime, **_known("map", opts)))
+    return _Stream(_MapRun(iterable, functools.partial(_worker.apply_each, fn), runtime=runtime, **known_options("map", opts)))

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from slither import _aio
 from slither._item import Item
 from slither._pipe.definition import _SEQ, EOS
 from slither._pipe.run import _collect, _Run, _strip
@@ -118,6 +119,14 @@ class PipeHandle:
                     return
             self._taken(seq, 1)
             yield name, item
+
+    async def asubmit(self, payload: Any, timeout: float | None = None) -> Item:
+        """``await`` :meth:`submit` (waits on a thread while the pipe is full: the loop runs on)."""
+        return await _aio.call(self.submit, payload, timeout)
+
+    def aresults(self, timeout: float | None = None):
+        """``async for name, item in handle.aresults()``: :meth:`results`, awaited."""
+        return _aio.iterate([pair] for pair in self.results(timeout))
 
     def _fanout(self, seq: int, extra: int) -> None:
         """Input ``seq`` became ``extra + 1`` items at a ``cardinality="many"`` stage."""

@@ -32,7 +32,7 @@ from typing import Any
 from loguru import logger
 from thespian.actors import ActorSystem
 
-from slither import _dispatch, _pipe, _thespian, cluster
+from slither import _aio, _dispatch, _pipe, _thespian, cluster
 from slither import _store as store_mod
 from slither._actors import RootSupervisor, WatchCaller
 from slither._executor import Executor
@@ -345,6 +345,23 @@ class Runtime:
         The iterator has ``close()`` and ``cancel()`` (from any thread).
         """
         return _dispatch.map_values(fn, iterable, runtime=self, **opts)
+
+    # -- asyncio: the same calls, awaited; none of them blocks the event loop (see slither._aio)
+    async def adispatch(self, items, fn=None, **opts):
+        """``await`` :meth:`dispatch`. Cancelling the awaiting task cancels the dispatch
+        (its workers running batches are killed and replaced, as Ctrl-C does)."""
+        run = _dispatch._Dispatch(items, fn, runtime=self, **_dispatch.known_options("adispatch", opts))
+        return await _aio.call(_dispatch.collect, run, cancel=run.cancel)
+
+    def adispatch_stream(self, items, fn=None, **opts):
+        """``async for item in rt.adispatch_stream(...)``: :meth:`dispatch_stream`, awaited."""
+        stream = _dispatch.dispatch_stream(items, fn, runtime=self, **opts)
+        return _aio.iterate(stream.batches(), cancel=stream.cancel)
+
+    def amap(self, fn, iterable, **opts):
+        """``async for value in rt.amap(fn, iterable)``: :meth:`map`, awaited."""
+        stream = _dispatch.map_values(fn, iterable, runtime=self, **opts)
+        return _aio.iterate(stream.batches(), cancel=stream.cancel)
 
     def executor(self, pool: str = "default", *, timeout: float | None = None):
         """A :class:`slither.Executor` (``concurrent.futures``) over pool ``pool`` of this runtime."""
