@@ -151,7 +151,8 @@ def main():
         grow_items = rss_growth_mb(lambda: rt.dispatch(range(n_mem), lambda xs: [x * 1.5 for x in xs], batch_size=1000))
         grow_map = rss_growth_mb(lambda: list(rt.map(tiny_one, range(n_mem), batch_size=1000)))
         print(
-            f"caller memory kept for {n_mem:,} results: Pool.map +{grow_pool:.0f} MB, dispatch (Items) +{grow_items:.0f} MB, map +{grow_map:.0f} MB"
+            f"caller memory kept for {n_mem:,} results: Pool.map +{grow_pool:.0f} MB, "
+            f"dispatch (Items) +{grow_items:.0f} MB, map +{grow_map:.0f} MB"
         )
         lines.append(
             target("dispatch Items kept: growth / Pool.map's", grow_items / max(grow_pool, 1e-6), 1.5, higher_is_better=False)
