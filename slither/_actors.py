@@ -147,14 +147,8 @@ class Worker(SupervisedActor):
         if os.getpid() == message.owner_pid:
             threading.Thread(target=_serve_in_process, args=(message,), name="slither-worker", daemon=True).start()
             return
-        fault_r, fault_w = os.pipe()
-        nanny = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            os.close(fault_r)
-            _worker.run_forked(message, nanny, fault_w)
-        os.close(fault_w)
-        threading.Thread(target=_reap, args=(message, pid, fault_r), name="slither-nanny", daemon=True).start()
+        pid, fault_r = _fork(message)
+        threading.Thread(target=_nanny, args=(message, pid, fault_r), name="slither-nanny", daemon=True).start()
 
 
 def _serve_in_process(init: WorkerInit) -> None:
@@ -164,8 +158,49 @@ def _serve_in_process(init: WorkerInit) -> None:
         traceback.print_exc()
 
 
-def _reap(init: WorkerInit, pid: int, fault_r: int) -> None:
-    """Wait for the worker to end, tell the caller's hub how, and end this nanny."""
+def _fork(init: WorkerInit) -> tuple[int, int]:
+    """Fork the worker process from the calling thread: (its pid, the read end of its fault pipe).
+
+    The worker dies with the thread that forked it (``PR_SET_PDEATHSIG`` follows the
+    thread): the nanny's main thread, or the nanny loop, which outlives its worker.
+    """
+    fault_r, fault_w = os.pipe()
+    nanny = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        os.close(fault_r)
+        _worker.run_forked(init, nanny, fault_w)
+    os.close(fault_w)
+    return pid, fault_r
+
+
+def _nanny(init: WorkerInit, pid: int, fault_r: int) -> None:
+    """Wait for the worker to end. One that retired (max_batches) is replaced here; one
+    that stopped at shutdown is not; otherwise tell the caller's hub how it ended and
+    end this nanny (its supervisor restarts it)."""
+    while True:
+        code, fault = _reap(pid, fault_r)
+        if code == _protocol.EXIT_RECYCLE:
+            pid, fault_r = _fork(init)
+            continue
+        if code == _protocol.EXIT_STOP:
+            return  # the runtime is stopping: this nanny ends with the tree
+        break
+    if init.hub_tcp is None or init.leader_node == node_key():  # the hub's Unix socket is on this host
+        msg = _protocol.exit_report(init.token, init.pool, init.index, pid, code, fault)
+        try:
+            s = _wire.connect(init.hub_path, timeout=5)
+            try:
+                _wire.send(s, msg)
+            finally:
+                s.close()
+        except OSError:
+            pass  # the caller is gone or shutting down: nobody to tell
+    os._exit(0)
+
+
+def _reap(pid: int, fault_r: int) -> tuple[int, str]:
+    """Wait for ``pid``: (its exit code, what faulthandler wrote)."""
     _, status = os.waitpid(pid, 0)
     os.set_blocking(fault_r, False)
     fault = b""
@@ -177,18 +212,8 @@ def _reap(init: WorkerInit, pid: int, fault_r: int) -> None:
             fault += chunk
     except BlockingIOError:
         pass
-    if init.hub_tcp is None or init.leader_node == node_key():  # the hub's Unix socket is on this host
-        code = os.waitstatus_to_exitcode(status)
-        msg = _protocol.exit_report(init.token, init.pool, init.index, pid, code, fault.decode(errors="replace"))
-        try:
-            s = _wire.connect(init.hub_path, timeout=5)
-            try:
-                _wire.send(s, msg)
-            finally:
-                s.close()
-        except OSError:
-            pass  # the caller is gone or shutting down: nobody to tell
-    os._exit(0)
+    os.close(fault_r)
+    return os.waitstatus_to_exitcode(status), fault.decode(errors="replace")
 
 
 _FAULT_MAX = 256 * 1024  # faulthandler's dump of every thread is a few KB

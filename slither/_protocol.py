@@ -13,6 +13,7 @@ Caller → worker (over the worker's socket, see ``slither._worker``)::
     ("fn", fn_key, cloudpickled function)      sent once per worker before its first batch
     ("probe", ref, fn_key)                      run fn() once on this worker
     ("stores", {name: paths})                   stores started after the worker
+    ("recycle",) / ("stop",)                    after its last batch: tear down and end
 
 Worker → caller (replies keep the order of the batches)::
 
@@ -26,7 +27,10 @@ Worker → caller (replies keep the order of the batches)::
 
 First frame on the hub (a worker, a pool supervisor, a nanny)::
 
-    ("worker", token, pool, index, pid)         answered ("init", sys.path, cwd, store paths)
+    ("worker", token, pool, index, pid)         answered ("init", sys.path, cwd, store paths,
+                                                (setup key, setup blob, teardown key, teardown blob)),
+                                                to which the worker answers ("ready",) once its setup
+                                                ran, or ("setup_failed", type, message, traceback)
     ("pool_up", token, pool, supervisor pid)
     ("pool_down", token, pool, supervisor pid)
     ("exit", token, pool, index, pid, exitcode, faulthandler text)
@@ -62,6 +66,14 @@ REPLIES = frozenset({OK, ERR, BAD, SER, UNLOADABLE})
 # -- hub greetings ---------------------------------------------------------------
 WORKER = "worker"
 INIT = "init"
+READY = ("ready",)  # a worker's answer to init once its setup ran: batches may come
+SETUP_FAILED = "setup_failed"
+RECYCLE = ("recycle",)  # caller → worker after its last batch (max_batches): tear down, a fresh one follows
+STOP = ("stop",)  # caller → worker at shutdown: tear down and end
+
+# Exit codes a worker ends with on purpose (its nanny acts on them, see slither._actors).
+EXIT_RECYCLE = 86  # the nanny forks a fresh worker (not a restart of its supervisor's)
+EXIT_STOP = 87  # the nanny waits for its own end
 POOL_UP = "pool_up"
 POOL_DOWN = "pool_down"
 EXIT = "exit"
@@ -115,8 +127,12 @@ def hello_worker(token: str, pool: str, index: int, pid: int) -> tuple:
     return (WORKER, token, pool, index, pid)
 
 
-def init(sys_path: list, cwd: str, store_paths: dict) -> tuple:
-    return (INIT, sys_path, cwd, store_paths)
+def init(sys_path: list, cwd: str, store_paths: dict, setup: tuple) -> tuple:
+    return (INIT, sys_path, cwd, store_paths, setup)
+
+
+def setup_failed(type_name: str, message: str, traceback_text: str) -> tuple:
+    return (SETUP_FAILED, type_name, message, traceback_text)
 
 
 def pool_up(token: str, pool: str, pid: int) -> tuple:
@@ -164,7 +180,7 @@ RELOAD = ("reload",)
 PING = ("ping",)
 SUBSCRIBE = ("subscribe",)
 ACK = ("ack",)
-READY = ("ready",)
+SYNCED = ("ready",)  # a replica has the snapshot and every change before it
 END = ("end",)
 
 

@@ -246,7 +246,7 @@ def serve(
             _wire.send_chunks(sock, chunks)
 
     _wire.send(sock, _protocol.hello_worker(token, pool, index, os.getpid()))
-    _, sys_path, cwd, store_paths = _wire.recv(sock)  # ("init", sys_path, cwd, store_paths)
+    _, sys_path, cwd, store_paths, setup = _wire.recv(sock)
     sys.path[:] = list(sys_path) + [p for p in sys.path if p not in sys_path]
     try:
         os.chdir(cwd)
@@ -260,9 +260,37 @@ def serve(
             _wire.dumps(_protocol.event(event, measurements, metadata))
         )
         _ordinary_logging(lambda msg: send(_wire.dumps(msg)))
+    teardown = _set_up(setup, send)
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_read, args=(sock, inbox, in_process), name="slither-worker-reader", daemon=True).start()
-    _loop(inbox, send, in_process)
+    _loop(inbox, send, in_process, teardown)
+
+
+def _set_up(setup: tuple | None, send):
+    """Run the pool's ``setup`` (its value is ``slither.worker.state()``) and tell the caller
+    this worker is ready; a setup that raises sends its traceback and ends the worker
+    (its supervisor counts that against the pool's restart intensity). The teardown, or None."""
+    if setup is None:
+        send(_wire.dumps(_protocol.READY))
+        return None
+    setup_key, setup_blob, teardown_key, teardown_blob = setup
+    if setup_key is not None:
+        try:
+            worker._state = _load_fn(setup_key, setup_blob)()
+        except BaseException as exc:  # noqa: BLE001 - reported, then this worker ends
+            _, _, type_name, message, text = _error_reply(None, exc)
+            send(_wire.dumps(_protocol.setup_failed(type_name, message, text)))
+            os._exit(3)
+    send(_wire.dumps(_protocol.READY))
+    return _load_fn(teardown_key, teardown_blob) if teardown_key is not None else None
+
+
+def _tear_down(teardown) -> None:
+    if teardown is not None:
+        try:
+            teardown()
+        except Exception:  # noqa: BLE001 - nobody waits for it: say it, and end anyway
+            traceback.print_exc()
 
 
 def _read(sock, inbox: queue.SimpleQueue, in_process: bool) -> None:
@@ -283,14 +311,20 @@ def _read(sock, inbox: queue.SimpleQueue, in_process: bool) -> None:
         os._exit(0) if not in_process else inbox.put(None)
 
 
-def _loop(inbox: queue.SimpleQueue, send, in_process: bool) -> None:
-    """The main thread: every message in turn, until the caller goes away."""
+def _loop(inbox: queue.SimpleQueue, send, in_process: bool, teardown=None) -> None:
+    """The main thread: every message in turn, until the caller goes away or retires it."""
     while True:
         msg = inbox.get()
         if msg is None:
+            _tear_down(teardown)
             if in_process:
                 return
             os._exit(0)  # the caller went away: nothing left to serve
+        if msg == _protocol.RECYCLE or msg == _protocol.STOP:
+            _tear_down(teardown)
+            if in_process:
+                return
+            os._exit(_protocol.EXIT_RECYCLE if msg == _protocol.RECYCLE else _protocol.EXIT_STOP)
         kind = msg[0]
         if kind == _protocol.BATCH:
             _run_one(msg, send)

@@ -22,6 +22,15 @@ from slither._item import Context
 
 _current: Context | None = None
 _info: dict[str, Any] = {}
+_state: Any = None
+
+
+def state() -> Any:
+    """What this pool's ``PoolSpec(setup=...)`` returned in this worker (None without one).
+
+    The place for what a worker loads once: a model, a connection.
+    """
+    return _state
 
 
 def context() -> Context:
@@ -46,4 +55,4 @@ def view(name: str, params: dict | None = None) -> dict:
     return store.call_view(name, params or {}, context())
 
 
-__all__ = ["context", "view", "info"]
+__all__ = ["context", "view", "info", "state"]

@@ -21,6 +21,7 @@ from slither import _net, _protocol, _wire
 from slither._pool.pool import Pool
 from slither._pool.task import WorkerConn
 from slither._sys import serve_forever
+from slither.errors import WorkerError
 
 
 class Hub:
@@ -66,8 +67,14 @@ class Hub:
             pool = self.pools.get(hello[2])
             if kind == _protocol.WORKER and pool is not None:
                 _, _, name, index, pid = hello
-                _wire.send(s, _protocol.init(list(sys.path), os.getcwd(), self.store_paths()))
-                pool.attach(WorkerConn(name, index, pid, s, remote=remote))
+                _wire.send(s, _protocol.init(list(sys.path), os.getcwd(), self.store_paths(), pool.worker_setup))
+                s.settimeout(None)  # a setup may take long (a model to load)
+                answer = _wire.recv(s)
+                if answer == _protocol.READY:
+                    pool.attach(WorkerConn(name, index, pid, s, remote=remote))
+                else:  # ("setup_failed", type, message, traceback): the worker ends
+                    pool.setup_failed(WorkerError(answer[1], answer[2], answer[3]))
+                    s.close()
                 return
             s.close()
             if pool is None:

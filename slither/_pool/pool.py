@@ -79,6 +79,10 @@ class Pool:
         self.down: PoolDown | None = None
         self.closed = False
         self.sup_pid: int | None = None
+        self.worker_setup: tuple | None = None  # (setup key, blob, teardown key, blob) sent to each worker
+        self.max_batches: int | None = None
+        self.setup_error: WorkerError | None = None  # the last failed setup: the cause of PoolDown
+        self._recycled: set[int] = set()  # worker indexes retired on purpose: their next connection is no restart
         self.crashes = 0
         self.restarts = 0
         self._timer_next = 0.0
@@ -150,7 +154,8 @@ class Pool:
             if self.closed or self.down is not None:
                 conn.sock.close()
                 return
-            restarted = conn.index in self.seen
+            restarted = conn.index in self.seen and conn.index not in self._recycled
+            self._recycled.discard(conn.index)
             self.seen.add(conn.index)
             old = self.scheduler.add(conn)
             if old is not None and old.alive:
@@ -177,6 +182,44 @@ class Pool:
         else:
             self._complete(conn, msg, touched)
 
+    def _count(self, conn: WorkerConn, touched: list) -> None:
+        """One more batch done on ``conn`` (holds self.lock): at ``max_batches`` it gets no
+        new task, and once it holds none it is told to recycle (see slither._worker)."""
+        conn.batches += 1
+        if conn.batches == self.max_batches:
+            conn.retiring = True
+            self.scheduler.retire(conn)
+        if conn.retiring and not conn.inflight and conn.alive and conn.index not in self._recycled:
+            self._recycled.add(conn.index)
+            self._send_control(conn, _protocol.RECYCLE, touched)
+
+    def _send_control(self, conn: WorkerConn, msg: tuple, touched: list) -> None:
+        """Queue a control frame behind what ``conn`` was sent (holds self.lock; flush ``touched``)."""
+        conn.sendq.append(Task(None, None, _wire.dumps(msg), ref=0))
+        if conn not in touched:
+            touched.append(conn)
+
+    def stop_workers(self, timeout: float) -> None:
+        """Tell every worker to tear down and end (after what it holds), and wait up to
+        ``timeout`` for them to go: at shutdown, for pools with a teardown."""
+        touched: list[WorkerConn] = []
+        with self.lock:
+            conns = list(self.scheduler.workers.values())
+            for conn in conns:
+                conn.retiring = True
+                self._send_control(conn, _protocol.STOP, touched)
+        self.sender.flush(touched)
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while any(c.alive for c in conns) and time.monotonic() < deadline:
+                self.changed.wait(max(0.0, deadline - time.monotonic()))
+
+    def setup_failed(self, error: WorkerError) -> None:
+        """A worker's setup raised (it ends; its supervisor restarts it or gives up)."""
+        with self.lock:
+            self.setup_error = error
+        logger.warning("pool {!r}: a worker's setup failed: {}", self.name, error)
+
     def _unreadable(self, conn: WorkerConn, failed: _wire.UnpicklingFailed, touched: list) -> None:
         """A frame from ``conn`` that this process cannot unpickle: a reply fails its
         batch (``SerializationError``); anything else is dropped, with a warning."""
@@ -198,6 +241,8 @@ class Pool:
             task = self.scheduler.answered(conn)
             if task.ref != msg[1]:  # pragma: no cover - protocol invariant
                 logger.error("pool {!r}: reply for {} while {} was head", self.name, msg[1], task.ref)
+            if self.max_batches is not None:
+                self._count(conn, touched)
             touched += [c for c in self.scheduler.pump() if c not in touched]
         kind = msg[0]
         if kind == _protocol.OK:
@@ -225,7 +270,8 @@ class Pool:
                 conn.sender.put(None)  # ends after a send it is in fails (the worker's end is gone or cut)
             head, lost_pinned = self.scheduler.remove(conn)
             closing = self.closed
-            if not closing:
+            planned = conn.retiring and head is None and not lost_pinned  # recycled or stopped, holding nothing
+            if not closing and not planned:
                 self.crashes += 1
             touched = self.scheduler.pump()
             self.changed.notify_all()
@@ -234,7 +280,7 @@ class Pool:
             conn.sock.close()
         except OSError:
             pass
-        if not closing:
+        if not closing and not planned:
             meta = {"pool": self.name, "worker": conn.pid, "index": conn.index, "batch_ref": head.meta if head else None}
             telemetry.emit(("slither", "worker", "crash"), {}, meta)
         victims = ([head] if head is not None else []) + lost_pinned
@@ -279,6 +325,8 @@ class Pool:
         with self.lock:
             if self.down is not None or self.closed:
                 return
+            if reason is None and self.setup_error is not None:
+                reason = f"pool {self.name!r} is down: restart intensity exceeded; a worker's setup failed: {self.setup_error}"
             self.down = PoolDown(self.name, reason)
             victims = self.scheduler.take_queued(with_inflight=True) + self.exits.take_all()
             for conn in self.scheduler.workers.values():
@@ -293,7 +341,9 @@ class Pool:
     def down_error(self) -> PoolDown:
         """The ``PoolDown`` to raise. A fresh instance per caller: one exception raised
         in several threads would have its traceback rewritten under each of them."""
-        return PoolDown(self.name, str(self.down))
+        err = PoolDown(self.name, str(self.down))
+        err.__cause__ = self.setup_error  # a setup that kept failing brought it down
+        return err
 
     def wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -80,6 +80,8 @@ class WorkerConn:
         "reader",
         "bulk",
         "sender",
+        "batches",
+        "retiring",
     )
 
     def __init__(self, pool, index, pid, sock, remote: bool = False):
@@ -98,6 +100,8 @@ class WorkerConn:
         self.reader = _wire.Reader(sock)
         self.bulk: queue.SimpleQueue | None = None  # hands large frames to a thread of this connection
         self.sender: queue.SimpleQueue | None = None  # hands sends that would block to a thread of this connection
+        self.batches = 0  # replies it sent (max_batches)
+        self.retiring = False  # told to recycle or stop: its end is no crash
 
 
 def _kill_conn(conn: WorkerConn) -> None:

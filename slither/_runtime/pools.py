@@ -13,6 +13,7 @@ from thespian.actors import ActorExitRequest, NoCompatibleSystemForActor
 
 from slither import _thespian, cluster
 from slither._actors import PlacementProbe, PoolInit, PoolSupervisor, Worker, WorkerInit
+from slither._dispatch.options import resolve_fn
 from slither._pool import Pool
 from slither._runtime.spec import PoolSpec
 from slither._sys import free_port, node_key
@@ -59,6 +60,11 @@ def start_pool(rt, name: str, spec: PoolSpec) -> Pool:
             except TimeoutError as exc:
                 raise TimeoutError(f"pool {name!r}: {exc}") from None
     pool = Pool(name, spec.size, depth=spec.depth)
+    pool.max_batches = spec.max_batches
+    if spec.setup is not None or spec.teardown is not None:
+        setup = resolve_fn(spec.setup) if spec.setup is not None else (None, None)
+        teardown = resolve_fn(spec.teardown) if spec.teardown is not None else (None, None)
+        pool.worker_setup = (*setup, *teardown)
     rt._hub.pools[name] = pool
     rt._pools[name] = pool
     started = rt._ask(rt._root, StartChild(ChildSpec(f"pool:{name}", PoolSupervisor, restart="temporary")), ChildStarted)

@@ -276,6 +276,9 @@ class Runtime:
                 pool.close()
             asys, self._asys = self._asys, None
         deadline = time.monotonic() + timeout
+        for name, pool in self._pools.items():
+            if self.pool_specs[name].teardown is not None:  # let them tear down before the tree stops
+                pool.stop_workers(timeout / 2)
         stall = max(stop.STALL, timeout / 4)
         own_group = self._pgid is not None and self._pgid != os.getpgid(0)  # never signal the caller's group
         stalled = asys is not None and stop.stop_actor_system(asys, self._pgid if own_group else None, deadline, stall)

@@ -16,6 +16,11 @@ def _positive_int(inst, attr, value):
         raise ConfigurationError(f"PoolSpec.{attr.name} must be a positive int, got {value!r}")
 
 
+def _optional_fn(inst, attr, value):
+    if value is not None and not callable(value) and not (isinstance(value, str) and ":" in value):
+        raise ConfigurationError(f"PoolSpec.{attr.name} must be a callable or 'module:function', got {value!r}")
+
+
 @attrs.frozen
 class PoolSpec:
     """How a pool is sized and supervised.
@@ -36,6 +41,17 @@ class PoolSpec:
             Thespian creates the workers on a matching member. A list of
             such mappings spreads the workers over them in turn (worker ``i``
             goes to ``where[i % len(where)]``). None: here.
+        setup: ``fn()`` (a callable or ``"module:function"``) run once in each
+            worker before its first batch, and again in every replacement; its
+            value is ``slither.worker.state()`` there (load a model, open a
+            connection). One that raises ends the worker with its traceback;
+            that counts against the restart intensity, and ``PoolDown`` has the
+            setup's ``WorkerError`` as its cause.
+        teardown: ``fn()`` run in a worker that ends on purpose: recycled
+            (``max_batches``), at ``shutdown()``, or when the caller goes away.
+        max_batches: recycle a worker after this many batches (a leaky library):
+            it gets no new batch, finishes those it holds, tears down, and its
+            nanny forks a fresh one (not a restart: intensity is not touched).
     """
 
     size: int = attrs.field(factory=lambda: os.cpu_count() or 1, validator=_positive_int)
@@ -44,6 +60,9 @@ class PoolSpec:
     max_memory: int | None = None
     depth: int = attrs.field(default=2, validator=_positive_int)
     where: Mapping | None = None
+    setup: Any = attrs.field(default=None, validator=_optional_fn)
+    teardown: Any = attrs.field(default=None, validator=_optional_fn)
+    max_batches: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive_int))
 
     def __attrs_post_init__(self):
         if not isinstance(self.max_restarts, int) or self.max_restarts < 0:

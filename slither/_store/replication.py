@@ -127,7 +127,7 @@ def serve_replica(server, conn) -> None:
         while True:
             changes, ev = sub.q.get()
             if changes is None:
-                _wire.send(conn, _protocol.READY)
+                _wire.send(conn, _protocol.SYNCED)
                 continue
             _wire.send(conn, _protocol.chg(changes))
             if _wire.recv(conn) != _protocol.ACK:
