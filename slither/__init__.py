@@ -9,7 +9,7 @@ from loguru import logger as _logger
 
 from slither import cluster, errors, stage, telemetry, worker
 from slither._api import call_batch, dispatch, dispatch_stream, map, run_pipe, start_pipe, stream_pipe
-from slither._dispatch import FixedBatch, InlineExecutor, KeyPartition, Retry, Route, Skipped, Strategy, WeightedBatch
+from slither._dispatch import AutoBatch, FixedBatch, InlineExecutor, KeyPartition, Retry, Route, Skipped, Strategy, WeightedBatch
 from slither._executor import Executor
 from slither._item import Context, Item
 from slither._pipe import Pipe, PipeHandle, PipeResult
@@ -41,6 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ANY",
+    "AutoBatch",
     "BadBatchResult",
     "BatchTimeout",
     "ChildSpec",

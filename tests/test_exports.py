@@ -6,6 +6,7 @@ import slither
 
 PUBLIC = {
     "ANY",
+    "AutoBatch",
     "BadBatchResult",
     "BatchTimeout",
     "ChildSpec",

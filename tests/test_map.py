@@ -74,3 +74,37 @@ def test_input_is_read_lazily(rt):
 def test_top_level_map_uses_the_runtime_of_the_with_block():
     with slither.Runtime(pools={"default": 1}) as rt:
         assert list(slither.map(lambda x: os.getpid(), [1])) == [rt.worker_pids()[0]]
+
+
+def test_auto_batch_size_grows_for_tiny_work_and_stays_small_for_slow_items(rt):
+    from slither import AutoBatch
+
+    tiny = AutoBatch()
+    assert list(rt.map(lambda x: x + 1, range(50_000), strategy=tiny)) == list(range(1, 50_001))
+    assert tiny.size >= 1024
+    slow = AutoBatch()
+    assert list(rt.map(lambda x: __import__("time").sleep(0.12) or x, range(6), strategy=slow)) == list(range(6))
+    assert slow.size == 1
+    assert [i.payload for i in rt.dispatch(range(300), lambda xs: xs, batch_size="auto")] == list(range(300))
+
+
+@given(st.lists(st.floats(0, 1), max_size=60), st.floats(0.001, 0.5))
+def test_auto_batch_rule(durations, target):
+    from slither import AutoBatch
+
+    a = AutoBatch(target=target, max_size=4096)
+    for d in durations:
+        before = a.size
+        a.observe(d)
+        assert 1 <= a.size <= 4096
+        if d < target / 2:
+            assert a.size == min(4096, before * 2)
+        elif d > target * 2:
+            assert a.size == max(1, before // 2)
+        else:
+            assert a.size == before
+
+
+def test_auto_is_refused_where_a_size_must_be_known():
+    with pytest.raises(slither.PipeDefinitionError, match="batch_size must be a positive int, got 'auto'"):
+        slither.stage.pool("p", fn=len, batch_size="auto")

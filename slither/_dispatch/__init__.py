@@ -24,9 +24,10 @@ from slither._dispatch.executors import InlineExecutor
 from slither._dispatch.mapping import Skipped, map_values
 from slither._dispatch.options import check_options
 from slither._dispatch.policies import Retry, Route, check_policy
-from slither._dispatch.strategies import FixedBatch, KeyPartition, Strategy, WeightedBatch
+from slither._dispatch.strategies import AutoBatch, FixedBatch, KeyPartition, Strategy, WeightedBatch
 
 __all__ = [
+    "AutoBatch",
     "FixedBatch",
     "InlineExecutor",
     "KeyPartition",

@@ -72,11 +72,12 @@ def wrapped(items):
         yield _make(Item, i, x, _EMPTY, "default")
 
 
-def fixed_batches(items, size: int):
-    """FixedBatch over the input (the hot path): a chunk of payloads stays unwrapped."""
+def fixed_batches(items, size: int, sizer=None):
+    """FixedBatch over the input (the hot path): a chunk of payloads stays unwrapped.
+    With ``sizer`` (an AutoBatch) each chunk takes its current size."""
     it = iter(items)
     while True:
-        chunk = list(itertools.islice(it, size))
+        chunk = list(itertools.islice(it, size if sizer is None else sizer.size))
         if not chunk:
             return
         ids = _next_ids(len(chunk))

@@ -32,7 +32,7 @@ from slither import telemetry
 from slither._dispatch.batch import Packer, _Batch, _RawChunk, bad_item, fixed_batches, wrapped
 from slither._dispatch.options import check_dispatch, resolve_fn
 from slither._dispatch.policies import Retry, apply_policy
-from slither._dispatch.strategies import FixedBatch
+from slither._dispatch.strategies import AutoBatch, FixedBatch
 from slither._item import _EMPTY, Context, Item, _ItemSlots, _make
 from slither._pool import Task, new_ref
 from slither.errors import BadBatchResult, BatchFailure, ConfigurationError, DispatchError, SerializationError, WorkerError
@@ -110,6 +110,8 @@ class _Dispatch:
         self.cancelled = False
         self._q: queue.SimpleQueue | None = None  # the queue __iter__ waits on (cancel() wakes it)
         self.allow_idle = False  # pipe stages set it: their strategy may yield None for "no input yet"
+        self._auto = self.strategy if type(self.strategy) is AutoBatch else None
+        self._last_reply: dict = {}  # worker pid -> when its last reply came (AutoBatch)
 
     @property
     def by_value(self) -> bool:
@@ -201,6 +203,13 @@ class _Dispatch:
             telemetry.emit(_EXCEPTION, {"duration": time.monotonic_ns() - b.t0}, self._batch_meta(b, worker=pid, error=exc))
         return apply_policy(self.on_error, b, exc, retries)
 
+    def _observe(self, b: _Batch, pid) -> None:
+        """Tell the AutoBatch how long ``b`` ran: from when its worker could start it."""
+        now = time.monotonic_ns()
+        began = max(b.t0, self._last_reply.get(pid, 0))
+        self._last_reply[pid] = now
+        self._auto.observe((now - began) / 1e9)
+
     def _unloadable(self, b: _Batch, exc: SerializationError, q) -> SerializationError | None:
         """The worker could not unpickle ``b``: send it again by value (None), unless it
         went so already; then the error names the item (it cannot succeed: not retried)."""
@@ -233,6 +242,8 @@ class _Dispatch:
         self._q = q = queue.SimpleQueue()
         if type(self.strategy) is FixedBatch:
             source = fixed_batches(self.items, self.strategy.size)
+        elif type(self.strategy) is AutoBatch:
+            source = fixed_batches(self.items, 0, self.strategy)
         else:
             source = iter(self.strategy.batches(wrapped(self.items)))
         w = _Window(q, source)
@@ -271,7 +282,7 @@ class _Dispatch:
     def _take(self, w: _Window) -> None:
         """Fill the window from the input, submitting each batch taken."""
         w.idle = False
-        fixed = type(self.strategy) is FixedBatch
+        fixed = type(self.strategy) in (FixedBatch, AutoBatch)
         while not w.exhausted and w.count < self.max_in_flight:
             self.in_flight = w.count - len(w.ready)
             try:
@@ -322,6 +333,8 @@ class _Dispatch:
             if error is None:
                 return None
         if error is None:
+            if self._auto is not None:
+                self._observe(b, pid)
             return self._finish_ok(b, result, pid)
         try:
             return self._failed(b, error, pid, w.retries)

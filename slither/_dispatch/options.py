@@ -10,7 +10,7 @@ from typing import Any
 
 from slither import _pickle
 from slither._dispatch.policies import Route, check_policy
-from slither._dispatch.strategies import FixedBatch, _check_positive
+from slither._dispatch.strategies import AutoBatch, FixedBatch, _check_positive
 from slither._item import Context
 from slither.errors import ConfigurationError, SerializationError
 
@@ -33,6 +33,7 @@ def check_options(
     ordering: str = "preserve",
     timeout: float | None = None,
     affinity: str = "none",
+    allow_auto: bool = False,
 ) -> None:
     """Check dispatch options (also a pool stage's, when its Pipe class is created).
 
@@ -43,7 +44,8 @@ def check_options(
         raise ConfigurationError(f"{where}: pool must be a pool name, got {pool!r}")
     if strategy is not None and not hasattr(strategy, "batches"):
         raise ConfigurationError(f"{where}: strategy must be an object with batches(items), got {strategy!r}")
-    _positive_int(where, "batch_size", batch_size)
+    if not (allow_auto and batch_size == "auto"):
+        _positive_int(where, "batch_size", batch_size)
     _positive_int(where, "max_in_flight", max_in_flight)
     if ordering not in ORDERINGS:
         raise ConfigurationError(f"{where}: ordering must be one of {ORDERINGS}, got {ordering!r}")
@@ -115,6 +117,7 @@ def check_dispatch(
         ordering=ordering,
         timeout=timeout,
         affinity=affinity,
+        allow_auto=True,
     )
     check_policy(on_error)
     if isinstance(on_error, Route) and not callable(on_error.fn):
@@ -127,4 +130,6 @@ def check_dispatch(
         raise ConfigurationError("dispatch needs fn ('module:function' or a callable) unless executor= is given")
     if executor is not None and not hasattr(executor, "execute_batch"):
         raise ConfigurationError(f"executor: expected an object with execute_batch(batch, ctx), got {executor!r}")
-    return FixedBatch(batch_size) if strategy is None else strategy
+    if strategy is not None:
+        return strategy
+    return AutoBatch() if batch_size == "auto" else FixedBatch(batch_size)

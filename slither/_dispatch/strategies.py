@@ -105,6 +105,44 @@ class KeyPartition:
             yield groups[k]
 
 
+class AutoBatch:
+    """Consecutive chunks sized from measured time (``batch_size="auto"``), as joblib does.
+
+    The rule: start at ``start`` items; after each batch, double the size while a
+    batch runs for less than half of ``target`` seconds, halve it when one runs for
+    more than twice ``target``; never above ``max_size``. A batch's run time is
+    counted from when its worker could start it (the later of its submission and
+    that worker's previous reply), so queueing does not count. 50 ms a batch keeps
+    the per-batch cost (tens of µs) under 0.1 % while still balancing load.
+    """
+
+    def __init__(self, target: float = 0.05, start: int = 1, max_size: int = 65536):
+        _check_positive("AutoBatch", "target", target)
+        if not isinstance(start, int) or start < 1 or not isinstance(max_size, int) or max_size < start:
+            raise ConfigurationError(f"AutoBatch: need 1 <= start <= max_size, got start={start!r}, max_size={max_size!r}")
+        self.target = target
+        self.size = start
+        self.max_size = max_size
+
+    def observe(self, seconds: float) -> None:
+        """A batch of the current size ran for ``seconds``."""
+        if seconds < self.target / 2:
+            self.size = min(self.max_size, self.size * 2)
+        elif seconds > self.target * 2:
+            self.size = max(1, self.size // 2)
+
+    def batches(self, items: Iterable[Item]) -> Iterator[list[Item]]:
+        it = iter(items)
+        while True:
+            chunk = list(itertools.islice(it, self.size))
+            if not chunk:
+                return
+            yield chunk
+
+    def __repr__(self) -> str:
+        return f"AutoBatch(target={self.target}, size={self.size})"
+
+
 class _Single:
     """The strategy of ``call_batch``: the whole input as one batch."""
 
