@@ -18,7 +18,16 @@ Tunables and their trade-offs:
 * ``on_error``: "halt" | "skip" | ``Retry(...)`` | ``Route(fn)``.
 """
 
-from slither._dispatch.api import call_batch, collect, dispatch, dispatch_stream, known_options, progress_bar, run_on_workers
+from slither._dispatch.api import (
+    call_batch,
+    collect,
+    collecting,
+    dispatch,
+    dispatch_stream,
+    known_options,
+    progress_bar,
+    run_on_workers,
+)
 from slither._dispatch.engine import _Dispatch
 from slither._dispatch.executors import InlineExecutor
 from slither._dispatch.mapping import Skipped, map_values
@@ -39,6 +48,7 @@ __all__ = [
     "_Dispatch",
     "call_batch",
     "collect",
+    "collecting",
     "check_options",
     "check_policy",
     "dispatch",

@@ -12,12 +12,14 @@ import itertools
 import queue
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from slither import _protocol, _wire
 from slither._dispatch.engine import _Dispatch
+from slither._dispatch.items import Columns, ItemList
 from slither._dispatch.options import resolve_fn
+from slither._dispatch.policies import Retry
 from slither._dispatch.strategies import _Single
 from slither._item import Item
 from slither._pool import Task, new_ref
@@ -65,8 +67,9 @@ def known_options(name: str, opts: dict) -> dict:
     return opts
 
 
-def dispatch(items: Iterable, fn=None, **opts) -> list[Item]:
-    """Run ``fn`` over ``items`` in batches on a worker pool; return every item.
+def dispatch(items: Iterable, fn=None, **opts) -> Sequence[Item]:
+    """Run ``fn`` over ``items`` in batches on a worker pool; return every item (an
+    :class:`ItemList`: a read-only sequence whose Items are built when read).
 
     Args:
         items: payloads or :class:`Item` s (payloads are wrapped).
@@ -84,19 +87,34 @@ def dispatch(items: Iterable, fn=None, **opts) -> list[Item]:
 
     Runs in the calling thread; batches run in worker processes.
     """
-    return collect(_Dispatch(items, fn, **known_options("dispatch", opts)))
+    return collect(collecting(items, fn, **known_options("dispatch", opts)))
 
 
-def collect(run: _Dispatch) -> list[Item]:
-    """Every Item of ``run``, in one list (``DispatchError.partial_results`` gets what came before)."""
-    got: list[Item] = []
+class _Collecting(_Dispatch):
+    """A dispatch gathered whole: a batch of plain results stays as the worker sent it."""
+
+    def _finish_ok(self, b, result, pid):
+        if self.executor is not None or b._items is not None or isinstance(self.on_error, Retry):
+            return super()._finish_ok(b, result, pid)  # its Items carry ids of their own, or metadata
+        self._finish_telemetry(b, pid)
+        return Columns(b.ids, result)
+
+
+def collecting(items: Iterable, fn=None, **opts) -> _Dispatch:
+    """A dispatch for :func:`collect` (options already checked by the caller's name)."""
+    return _Collecting(items, fn, **opts)
+
+
+def collect(run: _Dispatch) -> ItemList:
+    """Every Item of ``run``, in order (``DispatchError.partial_results`` gets what came before)."""
+    parts: list = []
     try:
         for batch in _batches(run):
-            got.extend(batch)
+            parts.append(batch)
     except DispatchError as exc:
-        exc.partial_results = got + exc.partial_results
+        exc.partial_results = [*ItemList(parts), *exc.partial_results]
         raise
-    return got
+    return ItemList(parts)
 
 
 class _Stream:
@@ -197,4 +215,4 @@ def run_on_workers(rt, fn, pool: str, timeout: float) -> list[tuple[int, Any]]:
     return out
 
 
-__all__ = ["collect", "dispatch", "dispatch_stream", "call_batch", "run_on_workers", "progress_bar"]
+__all__ = ["collect", "collecting", "dispatch", "dispatch_stream", "call_batch", "run_on_workers", "progress_bar"]

@@ -353,7 +353,7 @@ class Runtime:
     async def adispatch(self, items, fn=None, **opts):
         """``await`` :meth:`dispatch`. Cancelling the awaiting task cancels the dispatch
         (its workers running batches are killed and replaced, as Ctrl-C does)."""
-        run = _dispatch._Dispatch(items, fn, runtime=self, **_dispatch.known_options("adispatch", opts))
+        run = _dispatch.collecting(items, fn, runtime=self, **_dispatch.known_options("adispatch", opts))
         return await _aio.call(_dispatch.collect, run, cancel=run.cancel)
 
     def adispatch_stream(self, items, fn=None, **opts):
