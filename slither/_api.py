@@ -5,7 +5,7 @@ Runtime(...)`` block, else on the process-wide default (see
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from slither import _dispatch, _pipe
 from slither._item import Item
@@ -19,8 +19,9 @@ def _runtime_for(opts: dict):
     return rt
 
 
-def dispatch(items: Iterable, fn=None, **opts) -> list[Item]:
-    """Run ``fn`` over ``items`` in batches on a worker pool; return every item.
+def dispatch(items: Iterable, fn=None, **opts) -> Sequence[Item]:
+    """Run ``fn`` over ``items`` in batches on a worker pool; return every item (an
+    ``ItemList``: a read-only sequence whose Items are built when read).
 
     Args:
         items: payloads or :class:`Item` s (payloads are wrapped).

@@ -46,7 +46,9 @@ class _Future(cf.Future):
             if not super().cancel():
                 return False
             self.set_running_or_notify_cancel()  # CANCELLED_AND_NOTIFIED: wait() and as_completed() see it done
-        self._pool.cancel(self, kill_running=True)  # queued: dropped; running: its worker is killed
+        # Queued: dropped. Running: its worker is killed. Already in a worker's socket behind
+        # another call: it still runs, and its result is dropped.
+        self._pool.cancel(self, kill_running=True)
         return True
 
     def _start_settling(self) -> bool:

@@ -68,25 +68,7 @@ def known_options(name: str, opts: dict) -> dict:
 
 
 def dispatch(items: Iterable, fn=None, **opts) -> Sequence[Item]:
-    """Run ``fn`` over ``items`` in batches on a worker pool; return every item (an
-    :class:`ItemList`: a read-only sequence whose Items are built when read).
-
-    Args:
-        items: payloads or :class:`Item` s (payloads are wrapped).
-        fn: ``"module:function"`` (imported in the worker) or a callable
-            (sent with cloudpickle). ``fn(payloads: list) -> list`` of the
-            same length.
-        pool, strategy, batch_size, max_in_flight, ordering, on_error,
-        timeout, context, affinity, executor, progress: see the module
-            docstring and ``docs/dispatch.md``.
-
-    Raises:
-        ConfigurationError: a bad option (before any work starts).
-        DispatchError: a batch failed under ``on_error="halt"``.
-        PoolDown: the pool went down (restart intensity exceeded).
-
-    Runs in the calling thread; batches run in worker processes.
-    """
+    """The dispatch of :func:`slither.dispatch` (documented there), on ``runtime=``."""
     return collect(collecting(items, fn, **known_options("dispatch", opts)))
 
 

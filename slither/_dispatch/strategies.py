@@ -39,12 +39,17 @@ class FixedBatch:
             raise ConfigurationError(f"FixedBatch: size must be a positive int, got {self.size!r}")
 
     def batches(self, items: Iterable[Item]) -> Iterator[list[Item]]:
-        it = iter(items)
-        while True:
-            chunk = list(itertools.islice(it, self.size))
-            if not chunk:
-                return
-            yield chunk
+        return _consecutive(items, self)
+
+
+def _consecutive(items: Iterable[Item], sized) -> Iterator[list[Item]]:
+    """Consecutive chunks of the input, each of ``sized.size`` items as it is then."""
+    it = iter(items)
+    while True:
+        chunk = list(itertools.islice(it, sized.size))
+        if not chunk:
+            return
+        yield chunk
 
 
 @attrs.frozen
@@ -132,12 +137,7 @@ class AutoBatch:
             self.size = max(1, self.size // 2)
 
     def batches(self, items: Iterable[Item]) -> Iterator[list[Item]]:
-        it = iter(items)
-        while True:
-            chunk = list(itertools.islice(it, self.size))
-            if not chunk:
-                return
-            yield chunk
+        return _consecutive(items, self)
 
     def __repr__(self) -> str:
         return f"AutoBatch(target={self.target}, size={self.size})"
