@@ -58,7 +58,15 @@ def call_batch(batch: Iterable, fn=None, **opts) -> list[Item]:
 
 
 def map(fn, iterable: Iterable, **opts) -> Iterator:  # noqa: A001 - the name users know
-    """``fn`` on every input in worker processes: plain results, one per input (see :meth:`Runtime.map`)."""
+    """``fn`` on every input, in worker processes; an iterator of plain results, one
+    per input, in input order (``ordering="as_completed"``: as they finish), like
+    ``multiprocessing.Pool.imap``. The fast path for tiny work: no ``Item`` is built.
+
+    Options as for :func:`dispatch` (``batch_size`` (or ``"auto"``), ``max_in_flight``,
+    ``ordering``, ``on_error``, ``timeout``, ``pool``, ...). A failing input fails its
+    batch; under ``on_error="skip"`` each input of that batch yields a
+    :class:`slither.Skipped`. The iterator has ``close()`` and ``cancel()`` (from any thread).
+    """
     return _dispatch.map_values(fn, iterable, runtime=_runtime_for(opts), **opts)
 
 

@@ -32,6 +32,7 @@ import attrs
 from loguru import logger
 
 from slither import _pickle, _protocol, _wire, telemetry
+from slither._pool import retire
 from slither._pool.exits import ExitReports
 from slither._pool.receiver import Receiver
 from slither._pool.remote import crashed, relog, with_source
@@ -182,38 +183,6 @@ class Pool:
         else:
             self._complete(conn, msg, touched)
 
-    def _count(self, conn: WorkerConn, touched: list) -> None:
-        """One more batch done on ``conn`` (holds self.lock): at ``max_batches`` it gets no
-        new task, and once it holds none it is told to recycle (see slither._worker)."""
-        conn.batches += 1
-        if conn.batches == self.max_batches:
-            conn.retiring = True
-            self.scheduler.retire(conn)
-        if conn.retiring and not conn.inflight and conn.alive and conn.index not in self._recycled:
-            self._recycled.add(conn.index)
-            self._send_control(conn, _protocol.RECYCLE, touched)
-
-    def _send_control(self, conn: WorkerConn, msg: tuple, touched: list) -> None:
-        """Queue a control frame behind what ``conn`` was sent (holds self.lock; flush ``touched``)."""
-        conn.sendq.append(Task(None, None, _wire.dumps(msg), ref=0))
-        if conn not in touched:
-            touched.append(conn)
-
-    def stop_workers(self, timeout: float) -> None:
-        """Tell every worker to tear down and end (after what it holds), and wait up to
-        ``timeout`` for them to go: at shutdown, for pools with a teardown."""
-        touched: list[WorkerConn] = []
-        with self.lock:
-            conns = list(self.scheduler.workers.values())
-            for conn in conns:
-                conn.retiring = True
-                self._send_control(conn, _protocol.STOP, touched)
-        self.sender.flush(touched)
-        deadline = time.monotonic() + timeout
-        with self.lock:
-            while any(c.alive for c in conns) and time.monotonic() < deadline:
-                self.changed.wait(max(0.0, deadline - time.monotonic()))
-
     def setup_failed(self, error: WorkerError) -> None:
         """A worker's setup raised (it ends; its supervisor restarts it or gives up)."""
         with self.lock:
@@ -242,7 +211,7 @@ class Pool:
             if task.ref != msg[1]:  # pragma: no cover - protocol invariant
                 logger.error("pool {!r}: reply for {} while {} was head", self.name, msg[1], task.ref)
             if self.max_batches is not None:
-                self._count(conn, touched)
+                retire.count(self, conn, touched)
             touched += [c for c in self.scheduler.pump() if c not in touched]
         kind = msg[0]
         if kind == _protocol.OK:

@@ -15,10 +15,14 @@ from slither import _thespian, cluster
 from slither._actors import PlacementProbe, PoolInit, PoolSupervisor, Worker, WorkerInit
 from slither._dispatch.options import resolve_fn
 from slither._pool import Pool
-from slither._runtime.spec import PoolSpec
+from slither._runtime.spec import PoolSpec, as_spec
+from slither._store import Store
 from slither._sys import free_port, node_key
+from slither.cluster import Convention
 from slither.errors import ConfigurationError, RuntimeNotStarted
-from slither.supervision import ChildSpec, ChildStarted, Identity, StartChild, SupervisorInit
+from slither.supervision import ChildSpec, ChildStarted, ChildStopped, Identity, StartChild, StopChild, SupervisorInit
+
+BASES = ("multiprocTCPBase", "simpleSystemBase")
 
 
 def check_where(convention, name: str, spec: PoolSpec) -> None:
@@ -118,3 +122,54 @@ def system_capabilities(rt) -> dict:
         rt._capabilities = {k: v for k, v in caps.items() if k != "Admin Port"}
         return caps
     return {"Admin Port": free_port()}
+
+
+def check_runtime(pools, stores, base: str, convention) -> tuple[dict, list]:
+    """A Runtime's arguments checked: (its pool specs by name, its Store classes).
+
+    Raises:
+        ConfigurationError: naming the argument and what it got.
+    """
+    if base not in BASES:
+        raise ConfigurationError(f"base must be one of {BASES}, got {base!r}")
+    if convention is not None and not isinstance(convention, Convention):
+        raise ConfigurationError(f"convention: expected a slither.cluster.Convention, got {type(convention).__name__}")
+    if convention is not None and base != "multiprocTCPBase":
+        raise ConfigurationError("convention: needs base='multiprocTCPBase'")
+    pools = {"default": PoolSpec()} if pools is None else dict(pools)
+    specs = {n: as_spec(n, v) for n, v in pools.items()}
+    for n, spec in specs.items():
+        check_where(convention, n, spec)
+    classes = list(stores)
+    for s in classes:
+        if not (isinstance(s, type) and issubclass(s, Store)):
+            raise ConfigurationError(f"stores: expected Store subclasses, got {s!r}")
+    return specs, classes
+
+
+def restart_pool(rt, name: str, spec: PoolSpec | int | None = None, wait: bool = True) -> None:
+    """Start pool ``name`` again (after ``PoolDown``), optionally with a new spec."""
+    rt._require()
+    with rt._lock:
+        spec = as_spec(name, spec) if spec is not None else rt.pool_specs[name]
+        old = rt._pools.pop(name, None)
+        if old is not None:
+            old.close()
+            rt._ask(rt._root, StopChild(f"pool:{name}"), ChildStopped)
+        rt.pool_specs[name] = spec
+        pool = start_pool(rt, name, spec)
+    if wait and not pool.wait_ready(rt.start_timeout):
+        raise TimeoutError(f"pool {name!r}: workers did not connect within {rt.start_timeout}s")
+
+
+def add_pool(rt, name: str, spec: PoolSpec | int, wait: bool = True) -> None:
+    """Add a new named pool to a running runtime."""
+    rt._require()
+    with rt._lock:
+        if name in rt._pools:
+            raise ConfigurationError(f"pool {name!r} already exists")
+        spec = as_spec(name, spec)
+        rt.pool_specs[name] = spec
+        pool = start_pool(rt, name, spec)
+    if wait and not pool.wait_ready(rt.start_timeout):
+        raise TimeoutError(f"pool {name!r}: workers did not connect within {rt.start_timeout}s")

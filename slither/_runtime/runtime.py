@@ -36,18 +36,14 @@ from slither import _aio, _dispatch, _pipe, _thespian, cluster
 from slither import _store as store_mod
 from slither._actors import RootSupervisor, WatchCaller
 from slither._executor import Executor
-from slither._pool import Hub, Pool
+from slither._pool import Hub, Pool, retire
 from slither._registry import _current, _live
 from slither._runtime import pools as pool_start
 from slither._runtime import stop
-from slither._runtime.spec import PoolSpec, as_spec
-from slither._store import Store
+from slither._runtime.spec import PoolSpec
 from slither._sys import pids_in_group, private_dir
-from slither.cluster import Convention
 from slither.errors import ConfigurationError, RuntimeNotStarted
-from slither.supervision import ChildStopped, Identity, StopChild, SupervisorInit
-
-BASES = ("multiprocTCPBase", "simpleSystemBase")
+from slither.supervision import Identity, SupervisorInit
 
 
 class Runtime:
@@ -80,22 +76,9 @@ class Runtime:
         start_timeout: float = 30.0,
         convention=None,
     ):
-        if base not in BASES:
-            raise ConfigurationError(f"base must be one of {BASES}, got {base!r}")
-        if convention is not None and not isinstance(convention, Convention):
-            raise ConfigurationError(f"convention: expected a slither.cluster.Convention, got {type(convention).__name__}")
-        if convention is not None and base != "multiprocTCPBase":
-            raise ConfigurationError("convention: needs base='multiprocTCPBase'")
+        self.pool_specs, self.store_classes = pool_start.check_runtime(pools, stores, base, convention)
         self.convention = convention
         self._hub_tcp: tuple | None = None
-        pools = {"default": PoolSpec()} if pools is None else dict(pools)
-        self.pool_specs: dict[str, PoolSpec] = {n: as_spec(n, v) for n, v in pools.items()}
-        for n, spec in self.pool_specs.items():
-            pool_start.check_where(convention, n, spec)
-        self.store_classes = list(stores)
-        for s in self.store_classes:
-            if not (isinstance(s, type) and issubclass(s, Store)):
-                raise ConfigurationError(f"stores: expected Store subclasses, got {s!r}")
         self.base = base
         self.data_dir = os.fspath(data_dir) if data_dir is not None else None
         self.start_timeout = start_timeout
@@ -229,29 +212,11 @@ class Runtime:
 
     def restart_pool(self, name: str, spec: PoolSpec | int | None = None, wait: bool = True) -> None:
         """Start pool ``name`` again (after ``PoolDown``), optionally with a new spec."""
-        self._require()
-        with self._lock:
-            spec = as_spec(name, spec) if spec is not None else self.pool_specs[name]
-            old = self._pools.pop(name, None)
-            if old is not None:
-                old.close()
-                self._ask(self._root, StopChild(f"pool:{name}"), ChildStopped)
-            self.pool_specs[name] = spec
-            pool = pool_start.start_pool(self, name, spec)
-        if wait and not pool.wait_ready(self.start_timeout):
-            raise TimeoutError(f"pool {name!r}: workers did not connect within {self.start_timeout}s")
+        pool_start.restart_pool(self, name, spec, wait)
 
     def add_pool(self, name: str, spec: PoolSpec | int, wait: bool = True) -> None:
         """Add a new named pool to a running runtime."""
-        self._require()
-        with self._lock:
-            if name in self._pools:
-                raise ConfigurationError(f"pool {name!r} already exists")
-            spec = as_spec(name, spec)
-            self.pool_specs[name] = spec
-            pool = pool_start.start_pool(self, name, spec)
-        if wait and not pool.wait_ready(self.start_timeout):
-            raise TimeoutError(f"pool {name!r}: workers did not connect within {self.start_timeout}s")
+        pool_start.add_pool(self, name, spec, wait)
 
     def shutdown(self, timeout: float = 2.0) -> None:
         """Stop pipes, pools, stores and the actor system; wait for every process.
@@ -278,7 +243,7 @@ class Runtime:
         deadline = time.monotonic() + timeout
         for name, pool in self._pools.items():
             if self.pool_specs[name].teardown is not None:  # let them tear down before the tree stops
-                pool.stop_workers(timeout / 2)
+                retire.stop_workers(pool, timeout / 2)
         stall = max(stop.STALL, timeout / 4)
         own_group = self._pgid is not None and self._pgid != os.getpgid(0)  # never signal the caller's group
         stalled = asys is not None and stop.stop_actor_system(asys, self._pgid if own_group else None, deadline, stall)
@@ -338,15 +303,7 @@ class Runtime:
         return _dispatch.call_batch(batch, fn, runtime=self, **opts)
 
     def map(self, fn, iterable, **opts):
-        """``fn`` on every input, in worker processes; an iterator of plain results, one
-        per input, in input order (``ordering="as_completed"``: as they finish), like
-        ``multiprocessing.Pool.imap``. The fast path for tiny work: no ``Item`` is built.
-
-        Options as for :meth:`dispatch` (``batch_size``, ``max_in_flight``, ``ordering``,
-        ``on_error``, ``timeout``, ``pool``, ...). A failing input fails its batch; under
-        ``on_error="skip"`` each input of that batch yields a :class:`slither.Skipped`.
-        The iterator has ``close()`` and ``cancel()`` (from any thread).
-        """
+        """See :func:`slither.map`."""
         return _dispatch.map_values(fn, iterable, runtime=self, **opts)
 
     # -- asyncio: the same calls, awaited; none of them blocks the event loop (see slither._aio)
