@@ -26,6 +26,7 @@ import attrs
 from thespian.actors import ActorExitRequest, WakeupMessage
 
 from slither import _protocol, _wire, _worker
+from slither._placement import PlacingSupervisor
 from slither._sys import cheap_repr, node_key, pid_alive
 from slither.supervision import SupervisedActor, Supervisor, offers
 
@@ -90,7 +91,7 @@ class RootSupervisor(Supervisor):
         self.wakeupAfter(timedelta(seconds=0.2), payload="caller")
 
 
-class PoolSupervisor(Supervisor):
+class PoolSupervisor(PlacingSupervisor):
     """Supervises one pool's workers; tells the caller's hub when it gives up."""
 
     _pool: PoolInit | None = None

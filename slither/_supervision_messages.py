@@ -54,11 +54,9 @@ class SupervisorInit:
     max_seconds: float = 5.0
     children: tuple = ()
     name: str = "supervisor"
-    # This actor system's own capabilities. Given (a convention leader's), the
-    # supervisor places children that have requirements itself: on this system
-    # or a live member that offers them, the one with the fewest of its
-    # children; it parks a child no live system offers until a member that
-    # does joins, and restarts the children of a member that left.
+    # This actor system's own capabilities: a PlacingSupervisor (slither._placement) given
+    # them places children that have requirements on this system or on live members;
+    # a plain Supervisor ignores them and leaves placement to Thespian.
     capabilities: Any = None
 
     def __attrs_post_init__(self):

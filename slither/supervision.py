@@ -70,8 +70,6 @@ from slither._supervision_messages import (
 from slither._sys import link_to_parent, node_key, pid_alive
 
 _LIVENESS_PERIOD = timedelta(seconds=0.25)
-_PLACE = "slither-place-parked"
-_PLACE_DELAY = timedelta(milliseconds=50)
 
 
 def offers(capabilities, requirements) -> bool:
@@ -156,9 +154,6 @@ class Supervisor(Actor):
         self._restarts: deque = deque()
         self._stopping = False
         self._watching = False
-        self._members: dict[str, dict] = {}  # admin address -> capabilities of live convention members
-        self._subscribed = False
-        self._placing = False
 
     # -- hooks ---------------------------------------------------------
     def on_init(self, init: SupervisorInit) -> None:
@@ -175,11 +170,11 @@ class Supervisor(Actor):
 
     # -- message loop --------------------------------------------------
     def receiveMessage(self, message, sender):
-        handler = self._HANDLERS.get(type(message))
-        if handler is None:  # a subclass of one of them
-            handler = next((h for t, h in self._HANDLERS.items() if isinstance(message, t)), None)
-        if handler is not None:
-            handler(self, message, sender)
+        name = self._HANDLERS.get(type(message))
+        if name is None:  # a subclass of one of them
+            name = next((h for t, h in self._HANDLERS.items() if isinstance(message, t)), None)
+        if name is not None:
+            getattr(self, name)(message, sender)  # by name: a subclass may override a handler
         elif isinstance(message, WakeupMessage):
             self._on_wakeup(message)
         elif not isinstance(message, PoisonMessage):
@@ -229,15 +224,9 @@ class Supervisor(Actor):
         self._exited(message.childAddress)
 
     def _on_convention_update(self, message: ActorSystemConventionUpdate, sender) -> None:
-        self._membership(message)
+        """Convention members joined or left (see slither._placement); nothing here."""
 
     def _on_wakeup(self, message: WakeupMessage) -> None:
-        if message.payload == _PLACE:
-            self._placing = False
-            for child in list(self._children):
-                if child.parked and not self._stopping:
-                    self._start(child)
-            return
         self._watching = False
         if not self._stopping:
             for child in list(self._children):
@@ -256,16 +245,16 @@ class Supervisor(Actor):
                 self.send(child.address, ActorExitRequest())
 
     _HANDLERS = {
-        SupervisorInit: _on_supervisor_init,
-        Identify: _on_identify,
-        StartChild: _on_start_child,
-        StopChild: _on_stop_child,
-        WhichChildren: _on_which_children,
-        Identity: _on_identity,
-        ExitingNormally: _on_exiting_normally,
-        ChildActorExited: _on_child_exited,
-        ActorSystemConventionUpdate: _on_convention_update,
-        ActorExitRequest: _on_exit_request,
+        SupervisorInit: "_on_supervisor_init",
+        Identify: "_on_identify",
+        StartChild: "_on_start_child",
+        StopChild: "_on_stop_child",
+        WhichChildren: "_on_which_children",
+        Identity: "_on_identity",
+        ExitingNormally: "_on_exiting_normally",
+        ChildActorExited: "_on_child_exited",
+        ActorSystemConventionUpdate: "_on_convention_update",
+        ActorExitRequest: "_on_exit_request",
     }
 
     # -- internals -----------------------------------------------------
@@ -291,15 +280,19 @@ class Supervisor(Actor):
         self._start(child)
         return child
 
-    def _start(self, child: _Child) -> None:
+    def _target(self, child: _Child) -> tuple[dict | None, str] | None:
+        """Where to create ``child``: (Thespian's targetActorRequirements, the member it
+        lands on, "" here), or None to park it until a system that offers them joins.
+        Here: its own requirements, as Thespian places them (see slither._placement)."""
         req = child.spec.requirements
-        target, child.member = (dict(req) if req else None), ""
-        if req and self._cfg is not None and self._cfg.capabilities is not None:
-            placed = self._place(req)
-            if placed is None:
-                child.address, child.parked = None, True
-                return
-            target, child.member = placed
+        return (dict(req) if req else None), ""
+
+    def _start(self, child: _Child) -> None:
+        placed = self._target(child)
+        if placed is None:
+            child.address, child.parked = None, True
+            return
+        target, child.member = placed
         child.parked = False
         child.address = self.createActor(child.spec.actor, targetActorRequirements=target)
         child.pid = None
@@ -307,43 +300,6 @@ class Supervisor(Actor):
         self.send(child.address, Identify())
         if child.spec.init is not None:
             self.send(child.address, child.spec.init)
-
-    def _place(self, req) -> tuple[dict, str] | None:
-        """(requirements for Thespian, member incarnation) of the live system that
-        offers ``req`` and runs the fewest of our children; None when none does."""
-        if not self._subscribed:
-            self._subscribed = True
-            self.notifyOnSystemRegistrationChanges(True)  # members join and leave: ActorSystemConventionUpdate
-        load: dict[str, int] = {}
-        for c in self._children:
-            if c.address is not None:
-                load[c.member] = load.get(c.member, 0) + 1
-        candidates = [("", dict(req))] if offers(self._cfg.capabilities, req) else []
-        for caps in self._members.values():
-            inc = caps.get(INCARNATION)
-            if inc and offers(caps, req):  # pinned to this start of this member, not a dead one of the same name
-                candidates.append((inc, {**req, INCARNATION: inc}))
-        if not candidates:
-            return None
-        member, target = min(candidates, key=lambda c: load.get(c[0], 0))
-        return target, member
-
-    def _membership(self, update) -> None:
-        addr = str(update.remoteAdminAddress)
-        if update.remoteAdded:
-            self._members[addr] = dict(update.remoteCapabilities or {})
-            if not self._placing and any(c.parked for c in self._children):
-                # Thespian announces every current member at once when we subscribe:
-                # place parked children after the burst, so that they spread.
-                self._placing = True
-                self.wakeupAfter(_PLACE_DELAY, payload=_PLACE)
-            return
-        caps = self._members.pop(addr, None) or dict(update.remoteCapabilities or {})
-        inc = caps.get(INCARNATION)
-        if inc:  # Thespian reports no exit for the children of a member that died: these are gone
-            for child in list(self._children):
-                if child.member == inc and child.address is not None:
-                    self._exited(child.address, lost=True)
 
     def _exited(self, address, lost: bool = False) -> None:
         child = next((c for c in self._children if c.address is not None and c.address == address), None)
