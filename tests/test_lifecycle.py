@@ -109,3 +109,16 @@ def test_in_process_debug_mode_runs_dispatch_and_stores():
         assert rt.dispatch(["j"], lambda ks: [Mem.get("t", k) for k in ks])[0].payload == 2
     finally:
         rt.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_no_hub_thread_outlives_its_runtime():
+    import threading
+
+    before = set(threading.enumerate())
+    with slither.Runtime(pools={"default": 1}) as rt:
+        started = [t for t in threading.enumerate() if t not in before and t.name.startswith("slither-hub")]
+        assert started and rt.running
+    for t in started:
+        t.join(10)  # blocked in accept() on a closed socket, they would wait forever
+    assert not [t.name for t in started if t.is_alive()]

@@ -95,11 +95,13 @@ class Hub:
     def close(self) -> None:
         self._closed = True
         for listener in (self.sock, self.tcp):
+            if listener is None:
+                continue
             try:
-                if listener is not None:
-                    listener.close()
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept() (close alone does not)
             except OSError:
                 pass
+            listener.close()
         try:
             os.unlink(self.path)
         except OSError:
