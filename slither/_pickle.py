@@ -39,18 +39,15 @@ class _CodePickler(cloudpickle.Pickler):
     dispatch_table = ChainMap({types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table)
 
 
-def dumps_code(obj) -> bytes:
-    """cloudpickle ``obj`` (a function, a class), keeping the file names of its code."""
-    with io.BytesIO() as f:
-        _CodePickler(f, protocol=5).dump(obj)
-        return f.getvalue()
-
-
 def dumps_by_value(obj, buffer_callback=None) -> bytes:
-    """Pickle ``obj`` with classes and functions of ``__main__`` (or not importable) by value."""
+    """Pickle ``obj`` with classes and functions of ``__main__`` (or not importable) by value,
+    keeping the file names of their code."""
     with io.BytesIO() as f:
         _CodePickler(f, protocol=5, buffer_callback=buffer_callback).dump(obj)
         return f.getvalue()
+
+
+dumps_code = dumps_by_value  # code (a function, a class): the same pickler, named for what it sends
 
 
 class Missing:

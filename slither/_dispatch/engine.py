@@ -113,10 +113,6 @@ class _Dispatch:
         self._auto = self.strategy if type(self.strategy) is AutoBatch else None
         self._last_reply: dict = {}  # worker pid -> when its last reply came (AutoBatch)
 
-    @property
-    def by_value(self) -> bool:
-        return self.packer.by_value
-
     # -- one batch -------------------------------------------------------
     def _batch_meta(self, b: _Batch, **extra) -> dict:
         """Metadata of a dispatch batch event (built only when a handler listens)."""
