@@ -3,10 +3,13 @@
 ::
 
     slither example                     list the examples
-    slither example NAME [--no-baseline] [--workers N]
-    slither example --all [--no-baseline] [--workers N]
+    slither example NAME [--no-baseline] [--workers N] [--threads N] [--json PATH]
+    slither example --all [--no-baseline] [--workers N] [--threads N] [--json PATH]
     slither baseline NAME|--all [--mode unsafe|safe|both] [--threads N]
 
+Each example prints a table: its wall time, Slither's speedup on each
+threaded baseline, and whether each one's checks passed; ``--all`` closes
+with a summary line, and ``--json`` writes the same figures for scripts.
 Exit status: 0 when every check of every example (and of the safe
 baselines) passed, 1 otherwise, 2 for usage errors. Unsafe baselines show
 the races the examples avoid; their failing checks are reported, not fatal.
@@ -16,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
-import time
 
 from slither import cluster
 from slither.examples import DESCRIPTIONS, EXAMPLES
-from slither.examples._common import MissingExtra, gil_status, progress_wanted
+from slither.examples._common import MissingExtra, Outcome, gil_status, progress_wanted
 
 
 def _module(name: str):
@@ -36,19 +39,54 @@ def _names(name: str | None, all_: bool, parser) -> list[str]:
     return [name]
 
 
-def _run_baseline(name: str, modes: list[str], threads: int) -> tuple[bool, dict]:
-    ok = True
-    times = {}
+def _run_baseline(name: str, modes: list[str], threads: int) -> dict[str, Outcome]:
+    outcomes = {}
     for mode in modes:
-        print(f"\n--- baseline {name} ({mode}, {threads} threads, {gil_status()}) ---", flush=True)
-        t0 = time.perf_counter()
-        passed = _module(name).baseline(mode=mode, threads=threads)
-        times[mode] = time.perf_counter() - t0
-        if mode == "unsafe" and not passed:
+        print(f"\n--- baseline {name} ({mode}, {gil_status()}) ---", flush=True)
+        outcomes[mode] = _module(name).baseline(mode=mode, threads=threads)
+        if mode == "unsafe" and not outcomes[mode]:
             print(f"unsafe baseline of {name}: a check failed, as races allow; slither avoids this by isolation")
-        elif not passed:
-            ok = False
-    return ok, times
+    return outcomes
+
+
+def _table(name: str, workers: int, ours: Outcome, theirs: dict[str, Outcome]) -> None:
+    """The comparison of one example: wall time, Slither's speedup on each baseline, checks."""
+    print(f"\ncomparison for {name} (wall seconds; Slither's include starting its runtime, no one's include the checks)")
+    print(f"  {'contender':<24}{'seconds':>9}{'slither is':>14}  checks")
+    print(f"  {f'slither, {workers} workers':<24}{ours.seconds:>9.2f}{'':>14}  {_passed(ours)}")
+    for mode, o in theirs.items():
+        label = f"threads ({mode}), {o.threads}"
+        print(f"  {label:<24}{o.seconds:>9.2f}{_speedup(o.seconds / ours.seconds):>14}  {_passed(o, mode)}")
+    for o in (ours, *theirs.values()):
+        for finding in o.findings:
+            print(f"  {finding}")
+    safe = theirs.get("safe")
+    why = getattr(_module(name), "THREADS_WIN", None)
+    if safe is not None and safe.seconds < ours.seconds and why:
+        print(f"  threads win on time here: {why}")
+
+
+def _speedup(ratio: float) -> str:
+    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+
+
+def _passed(o: Outcome, mode: str = "") -> str:
+    if o:
+        return "passed"
+    return "FAILED (races, as expected without isolation)" if mode == "unsafe" else "FAILED"
+
+
+def _summary(rows: list[dict]) -> str:
+    parts = []
+    for r in rows:
+        safe = next((b for b in r["baselines"] if b["mode"] == "safe"), None)
+        if safe is None:
+            parts.append(f"{r['name']} {r['slither_s']:.2f}s")
+            continue
+        ratio = safe["seconds"] / r["slither_s"]
+        win = " (threads win: the work releases the GIL)" if ratio < 1 else ""
+        parts.append(f"{r['name']} {_speedup(ratio)}{win}")
+    return "summary, slither against safe threads: " + "; ".join(parts)
 
 
 def cmd_example(args, parser) -> int:
@@ -57,30 +95,38 @@ def cmd_example(args, parser) -> int:
         for n in EXAMPLES:
             print(f"  {n:<16} {DESCRIPTIONS[n]}")
         return 0
-    failed = []
+    threads = args.threads or args.workers
+    failed, rows = [], []
     for name in _names(args.name, args.all, parser):
         print(f"\n=== {name}: {DESCRIPTIONS[name]} ===", flush=True)
-        t0 = time.perf_counter()
         try:
-            ok = _module(name).run(workers=args.workers, progress=progress_wanted())
+            ours = _module(name).run(workers=args.workers, progress=progress_wanted())
+            theirs = {} if args.no_baseline else _run_baseline(name, ["unsafe", "safe"], threads)
         except MissingExtra as exc:
             print(f"skipped {name}: {exc}")
             continue
-        elapsed = time.perf_counter() - t0
-        if not ok:
+        if not ours:
             failed.append(name)
-        if not args.no_baseline:
-            try:
-                bok, times = _run_baseline(name, ["unsafe", "safe"], args.threads)
-            except MissingExtra as exc:
-                print(f"skipped baseline of {name}: {exc}")
-                continue
-            if not bok:
-                failed.append(f"{name} (safe baseline)")
-            print(
-                f"\ncomparison for {name}: slither {elapsed:.2f}s (checks {'passed' if ok else 'FAILED'}); "
-                + ", ".join(f"threads/{m} {t:.2f}s" for m, t in times.items())
-            )
+        if "safe" in theirs and not theirs["safe"]:
+            failed.append(f"{name} (safe baseline)")
+        if theirs:
+            _table(name, args.workers, ours, theirs)
+        rows.append(
+            {
+                "name": name,
+                "slither_s": round(ours.seconds, 4),
+                "checks_passed": ours.checks_passed,
+                "baselines": [
+                    {"mode": m, "threads": o.threads, "seconds": round(o.seconds, 4), "checks_passed": o.checks_passed}
+                    for m, o in theirs.items()
+                ],
+            }
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"examples": rows}, f, indent=2)
+    if rows and not args.no_baseline:
+        print("\n" + _summary(rows))
     if failed:
         print(f"\nFAILED: {', '.join(failed)}")
         return 1
@@ -93,11 +139,11 @@ def cmd_baseline(args, parser) -> int:
     failed = []
     for name in _names(args.name, args.all, parser):
         try:
-            ok, _ = _run_baseline(name, modes, args.threads)
+            outcomes = _run_baseline(name, modes, args.threads or 2)
         except MissingExtra as exc:
             print(f"skipped {name}: {exc}")
             continue
-        if not ok:
+        if any(not o for m, o in outcomes.items() if m != "unsafe"):
             failed.append(name)
     return 1 if failed else 0
 
@@ -157,12 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--all", action="store_true", help="run every example")
     ex.add_argument("--no-baseline", action="store_true", help="skip the threaded baselines")
     ex.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    ex.add_argument("--threads", type=int, default=4, help="threads for the baselines (default 4)")
+    ex.add_argument("--threads", type=int, default=None, help="threads for the baselines (default: as many as --workers)")
+    ex.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     bl = sub.add_parser("baseline", help="run the pure-Python threaded baselines")
     bl.add_argument("name", nargs="?")
     bl.add_argument("--all", action="store_true")
     bl.add_argument("--mode", choices=["unsafe", "safe", "both"], default="both")
-    bl.add_argument("--threads", type=int, default=4)
+    bl.add_argument("--threads", type=int, default=None, help="threads (default 2)")
     nd = sub.add_parser("node", help="run a member that joins a leader's convention (see docs/cluster.md)")
     nd.add_argument("--join", required=True, metavar="HOST:PORT", help="the leader's Convention.address")
     nd.add_argument("--secret-file", help="file holding the convention secret (default: $SLITHER_SECRET)")
@@ -189,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers is not None and args.workers < 1:
             parser.error("--workers must be at least 1")
         return cmd_node(args, parser)
-    if getattr(args, "workers", 1) < 1 or args.threads < 1:
+    if getattr(args, "workers", 1) < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--workers and --threads must be at least 1")
     if args.command == "example":
         return cmd_example(args, parser)

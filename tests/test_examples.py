@@ -67,3 +67,59 @@ def test_text_pipe_survives_worker_crashes_with_retry(tmp_path):
         out = rt.run_pipe(FlakyText, docs)
     ids = [i.id for v in out.values() for i in v]
     assert len(ids) == len(set(ids)) == 600 and not out.skipped
+
+
+def test_cli_prints_a_table_and_writes_json_in_the_documented_shape(tmp_path):
+    """A real `slither` subprocess: the table names each baseline's real thread count, and
+    --json holds the same figures."""
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "figures.json"
+    p = subprocess.run(
+        [sys.executable, "-m", "slither.cli", "example", "data_etl", "--workers", "2", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    doc = json.loads(path.read_text())
+    (ex,) = doc["examples"]
+    assert ex["name"] == "data_etl" and ex["checks_passed"] is True and ex["slither_s"] > 0
+    assert [(b["mode"], b["threads"], b["checks_passed"]) for b in ex["baselines"]] == [("unsafe", 2, True), ("safe", 2, True)]
+    assert all(b["seconds"] > 0 for b in ex["baselines"])
+    assert "comparison for data_etl" in p.stdout and "threads (safe), 2" in p.stdout
+    safe = ex["baselines"][1]["seconds"] / ex["slither_s"]
+    assert f"{safe:.2f}x faster" in p.stdout or f"{1 / safe:.2f}x slower" in p.stdout
+    assert "summary, slither against safe threads: data_etl" in p.stdout
+
+
+def test_a_segfaulting_batch_costs_slither_one_batch_and_the_threaded_process_everything(capsys):
+    from slither.examples._common import Checks
+
+    checks = Checks("isolation")
+    with running_runtime(pools={"default": 2}) as rt:
+        ours, theirs = batch_stats._fault_isolation(rt, checks)
+    assert checks.passed, checks.results
+    assert "cost 10 of" in ours and "SIGSEGV" in ours
+    assert "killed by SIGSEGV" in theirs
+
+
+def test_ml_scoring_prints_state_isolation_as_findings():
+    pytest.importorskip("sklearn")
+    from slither.examples import ml_scoring
+
+    unsafe = ml_scoring.baseline("unsafe")
+    assert unsafe.threads == 2 and len(unsafe.findings) == 1
+    assert unsafe.findings[0].startswith("state isolation, threads sharing one model slot")
+
+
+def test_examples_show_a_progress_bar_when_stderr_is_a_terminal(monkeypatch, capsys):
+    pytest.importorskip("tqdm")
+    import slither.cli
+
+    monkeypatch.setattr(slither.cli, "progress_wanted", lambda: True)
+    assert main(["example", "data_etl", "--no-baseline"]) == 0
+    err = capsys.readouterr().err
+    assert "item" in err and "/" in err  # tqdm's "n/total [..., item/s]"
