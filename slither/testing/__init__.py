@@ -7,11 +7,18 @@
   batch, and which one (``arrive`` sends its pid).
 * :func:`running_runtime`: a context manager giving a started runtime and
   checking at exit that every process it started is gone.
-* Fault injection: :func:`kill_worker`, :func:`kill_when`, :func:`crash_when`,
-  :func:`hang_when`, :func:`raise_when`: wrappers for batch functions that
-  misbehave on chosen batches, and :func:`kill_store_server`.
+* Fault injection: :class:`Faults` (a cross-process plan: crash, kill,
+  segfault, raise or hang the n-th batch, or the next ones), and the simpler
+  wrappers :func:`kill_worker`, :func:`kill_when`, :func:`crash_when`,
+  :func:`hang_when`, :func:`raise_when`, and :func:`kill_store_server`.
+* :class:`PipeMachine` (needs hypothesis): a state machine that tests a
+  user's own Pipe under random inputs, faults and store reloads.
 * Hypothesis strategies in :mod:`slither.testing.strategies` (if hypothesis
   is installed): payloads, items, error policies, fault schedules.
+* The pytest plugin (``pytest_slither``, registered when Slither is
+  installed): fixtures ``slither_runtime`` and ``slither_faults``, the
+  marker ``@pytest.mark.slither(...)`` and ``--slither-chaos=SEED``. See
+  docs/testing.md.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from typing import Any
 from slither._runtime import Runtime
 from slither._store.schema import _store_name
 from slither.supervision import pid_alive
+from slither.testing.faults import Faults, InjectedFault
 
 
 class Rendezvous:
@@ -269,7 +277,18 @@ def kill_store_server(rt, store) -> int:
     return pid
 
 
+def __getattr__(name: str):
+    if name == "PipeMachine":  # needs hypothesis, which only the test extra installs
+        from slither.testing.machine import PipeMachine
+
+        return PipeMachine
+    raise AttributeError(f"module 'slither.testing' has no attribute {name!r}")
+
+
 __all__ = [
+    "Faults",
+    "InjectedFault",
+    "PipeMachine",
     "Rendezvous",
     "running_runtime",
     "wait_pids_gone",
