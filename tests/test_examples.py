@@ -1,7 +1,7 @@
 """The shipped examples pass their own checks; their batch functions behave under faults.
 
-Uses slither.testing (fault injection and the no-leak runtime fixture) as a
-user would on their own pipelines.
+Uses slither.testing (fault injection) and the plugin's slither_runtime
+fixture as a user would on their own pipelines.
 """
 
 import importlib.util
@@ -11,7 +11,7 @@ import pytest
 import slither
 from slither.cli import main
 from slither.examples import batch_stats, data_etl, text_analysis
-from slither.testing import crash_when, once_per, running_runtime
+from slither.testing import crash_when, once_per
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,7 +49,8 @@ def test_safe_baselines_pass_and_unsafe_run():
     batch_stats.baseline("unsafe", threads=4)  # may lose updates; it must run to the end
 
 
-def test_text_pipe_survives_worker_crashes_with_retry(tmp_path):
+@pytest.mark.slither(pools={"default": {"size": 2, "max_restarts": 50}}, stores=[text_analysis.StopwordStore])
+def test_text_pipe_survives_worker_crashes_with_retry(tmp_path, slither_runtime):
     """A user's pattern: wrap the pipe's batch function with injected crashes,
     retry, and check every document is accounted for exactly once."""
     flaky = once_per(str(tmp_path), crash_when, text_analysis.analyze_batch, lambda d: d["n"] % 97 == 1)
@@ -63,8 +64,7 @@ def test_text_pipe_survives_worker_crashes_with_retry(tmp_path):
         on_error = {"analyze": slither.Retry(max_attempts=4, backoff=0)}
 
     docs = text_analysis.make_documents(600)
-    with running_runtime(pools={"default": {"size": 2, "max_restarts": 50}}, stores=[text_analysis.StopwordStore]) as rt:
-        out = rt.run_pipe(FlakyText, docs)
+    out = slither_runtime.run_pipe(FlakyText, docs)
     ids = [i.id for v in out.values() for i in v]
     assert len(ids) == len(set(ids)) == 600 and not out.skipped
 
@@ -95,12 +95,11 @@ def test_cli_prints_a_table_and_writes_json_in_the_documented_shape(tmp_path):
     assert "summary, slither against safe threads: data_etl" in p.stdout
 
 
-def test_a_segfaulting_batch_costs_slither_one_batch_and_the_threaded_process_everything(capsys):
+def test_a_segfaulting_batch_costs_slither_one_batch_and_the_threaded_process_everything(slither_runtime):
     from slither.examples._common import Checks
 
     checks = Checks("isolation")
-    with running_runtime(pools={"default": 2}) as rt:
-        ours, theirs = batch_stats._fault_isolation(rt, checks)
+    ours, theirs = batch_stats._fault_isolation(slither_runtime, checks)
     assert checks.passed, checks.results
     assert "cost 10 of" in ours and "SIGSEGV" in ours
     assert "killed by SIGSEGV" in theirs
