@@ -8,8 +8,8 @@ while :data:`LOOPBACK_ONLY` is set every Thespian listener of this process
 to 127.0.0.1. ``tests/test_security.py`` checks every listening socket the
 runtime's processes own.
 
-Also here: every Thespian message is signed and an unsigned one is dropped
-before it is unpickled (below), the convention check-in periods are
+Also here: every Thespian message *of Slither's own systems* is signed and
+an unsigned one is dropped before it is unpickled (see :func:`creating`), the convention check-in periods are
 shortened so that a dead member is noticed in seconds, not minutes, a
 child's exit is never dropped unreported, the caller's logging tree is kept
 for the workers (Thespian replaces it in every actor process), and a filter
@@ -18,12 +18,16 @@ on the root logger keeps Thespian's own log lines from the caller's handlers.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import hmac
+import inspect
 import logging
 import os
 import pickle
 import secrets
+import threading
 from datetime import timedelta
 
 import thespian as _thespian_pkg
@@ -153,7 +157,10 @@ if (  # a Thespian without these internals is left as it is (tests/test_supervis
 # exact bytes. Refused input never reaches pickle; Thespian logs it as
 # a corrupt packet and drops the connection.
 
-_KEYS: list[bytes] = [secrets.token_bytes(32)]
+# SLITHER_SECRET lets processes that share it (an app's own, a convention's members)
+# exchange messages with each other's Slither systems; without it the key is this
+# process's own, inherited by the actor processes it forks.
+_KEYS: list[bytes] = [os.environ["SLITHER_SECRET"].encode() if os.environ.get("SLITHER_SECRET") else secrets.token_bytes(32)]
 _TAG = 32
 _ACKS = {pickle.dumps(_stream.ackPacket): _stream.ackPacket, pickle.dumps(_stream.ackDataErrPacket): _stream.ackDataErrPacket}
 
@@ -194,7 +201,107 @@ def add_key(secret: bytes) -> None:
         _KEYS.append(secret)
 
 
-_tcp.serializer = _Signed  # looked up at each use by Thespian's TCP transport
+# -- which transports sign -------------------------------------------------------------
+#
+# Thespian's TCP transport looks up the module global ``serializer`` at each use; here it is
+# a router that signs and verifies for the transport whose method is running on this thread,
+# when that transport is Slither's, and is plain pickle otherwise. A transport is Slither's
+# when it was made while this thread was creating a Slither actor system, or in a process
+# wholly Slither's: one forked from such a creation (its admin and actors, and their
+# children), or a cluster member (:func:`sign_everything`). Systems the user makes, before
+# or after ``import slither``, keep Thespian's own format and talk to any Thespian process.
+
+_SIGN_ALL = False
+_creating: tuple[int, int] | None = None  # (thread, pid) creating a Slither system now
+_current = threading.local()
+
+
+def _in_slither_creation() -> bool:
+    c = _creating
+    return c is not None and (os.getpid() != c[1] or threading.get_ident() == c[0])
+
+
+def _signs() -> bool:
+    t = getattr(_current, "transport", None)
+    if t is None:
+        return _SIGN_ALL or _in_slither_creation()
+    return getattr(t, "_slither_signed", False)
+
+
+class _Router:
+    @staticmethod
+    def dumps(obj) -> bytes:
+        return _Signed.dumps(obj) if _signs() else pickle.dumps(obj)
+
+    @staticmethod
+    def loads(data):
+        return _Signed.loads(data) if _signs() else pickle.loads(data)
+
+
+@contextlib.contextmanager
+def creating():
+    """Around the creation of a Slither actor system: its transports (and every process
+    forked meanwhile) sign. One creation at a time."""
+    global _creating
+    with _CREATE_LOCK:
+        _creating = (threading.get_ident(), os.getpid())
+        try:
+            yield
+        finally:
+            _creating = None
+
+
+def sign_everything() -> None:
+    """This whole process is Slither's (a cluster member): every transport signs."""
+    global _SIGN_ALL
+    _SIGN_ALL = True
+
+
+_CREATE_LOCK = threading.Lock()
+
+
+def _scoped(fn):
+    @functools.wraps(fn)
+    def method(self, *args, **kwargs):
+        prev = getattr(_current, "transport", None)
+        _current.transport = self
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            _current.transport = prev
+
+    return method
+
+
+def _patch_transport(cls) -> None:
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        self._slither_signed = _SIGN_ALL or _in_slither_creation()
+        init(self, *args, **kwargs)
+
+    clone = cls.external_transport_clone
+
+    @functools.wraps(clone)
+    def external_transport_clone(self):
+        copy = clone(self)
+        copy._slither_signed = getattr(self, "_slither_signed", False)
+        return copy
+
+    names = {n for klass in cls.__mro__[:-1] for n in vars(klass) if not (n.startswith("__") and n.endswith("__"))}
+    for name in sorted(names):  # every method a transport runs, wherever it is defined
+        attr = inspect.getattr_static(cls, name)
+        if inspect.isfunction(attr):  # not the static and class methods: they have no transport
+            setattr(cls, name, _scoped(attr))
+    cls.__init__ = __init__
+    cls.external_transport_clone = _scoped(external_transport_clone)
+
+
+if not getattr(_tcp.TCPTransport, "_slither_patched", False):
+    _patch_transport(_tcp.TCPTransport)
+    _tcp.TCPTransport._slither_patched = True
+_tcp.serializer = _Router
 
 
 def prepare_environment(log_dir: str) -> None:

@@ -214,6 +214,7 @@ def run_node(
     MEMBER.force_network = network_only
     secret = _as_secret(secret)
     admin_port, caps, replicas = _member_setup(join, secret, capabilities, name, admin_port, host, replica_dir)
+    _thespian.sign_everything()  # a member process is wholly Slither's
     asys = ActorSystem(
         "multiprocTCPBase", {"Admin Port": admin_port, **caps}, logDefs=_thespian.QUIET_LOGDEFS, transientUnique=True
     )

@@ -149,7 +149,8 @@ class Runtime:
         # simpleSystemBase runs in this process: any logDefs would be applied to the caller's
         # own logging (its root set to CRITICAL, its handlers removed); False skips them there.
         log_defs = False if self.base == "simpleSystemBase" else _thespian.QUIET_LOGDEFS
-        self._asys = ActorSystem(self.base, caps, logDefs=log_defs, transientUnique=True)
+        with _thespian.creating():  # this system's transports and processes sign their messages
+            self._asys = ActorSystem(self.base, caps, logDefs=log_defs, transientUnique=True)
         self._hub = Hub(os.path.join(self._dir, "hub.sock"), self.token, self._store_paths)
         if conv is not None and conv.join:
             self._replicas.start()  # threads only after Thespian forked its admin from this process
