@@ -18,6 +18,7 @@ the races the examples avoid; their failing checks are reported, not fatal.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import sys
@@ -66,6 +67,15 @@ def _table(name: str, workers: int, ours: Outcome, theirs: dict[str, Outcome]) -
         print(f"  threads win on time here: {why}")
 
 
+def _forget(name: str) -> None:
+    """Drop an example's cached inputs once it is done: the next example's runtime forks from
+    this process, and its workers would inherit (and their collector walk) those objects."""
+    for value in vars(_module(name)).values():
+        if callable(getattr(value, "cache_clear", None)):
+            value.cache_clear()
+    gc.collect()
+
+
 def _speedup(ratio: float) -> str:
     return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
 
@@ -105,6 +115,7 @@ def cmd_example(args, parser) -> int:
         except MissingExtra as exc:
             print(f"skipped {name}: {exc}")
             continue
+        _forget(name)
         if not ours:
             failed.append(name)
         if "safe" in theirs and not theirs["safe"]:
