@@ -214,6 +214,7 @@ def add_key(secret: bytes) -> None:
 _SIGN_ALL = False
 _creating: tuple[int, int] | None = None  # (thread, pid) creating a Slither system now
 _current = threading.local()
+_CREATE_LOCK = threading.Lock()
 
 
 def _in_slither_creation() -> bool:
@@ -255,9 +256,6 @@ def sign_everything() -> None:
     """This whole process is Slither's (a cluster member): every transport signs."""
     global _SIGN_ALL
     _SIGN_ALL = True
-
-
-_CREATE_LOCK = threading.Lock()
 
 
 def _scoped(fn):

@@ -19,6 +19,17 @@ from slither._store.views import call_view
 from slither.errors import ConfigurationError, StoreError
 
 
+def _check_unique(store: str, declared, kind: type, what: str) -> None:
+    """Every entry of a store's ``tables`` (or ``views``) is a ``kind`` and its name is unique."""
+    names = set()
+    for d in declared:
+        if not isinstance(d, kind):
+            raise ConfigurationError(f"store {store!r}: {what}s must be slither.{kind.__name__}, got {d!r}")
+        if d.name in names:
+            raise ConfigurationError(f"store {store!r}: duplicate {what} {d.name!r}")
+        names.add(d.name)
+
+
 class Store:
     """Base class of stores. Subclass it; list it in ``Runtime(stores=[...])``.
 
@@ -43,20 +54,8 @@ class Store:
         super().__init_subclass__(**kw)
         if "store_name" not in cls.__dict__ or not cls.__dict__["store_name"]:
             cls.store_name = cls.__name__
-        names = set()
-        for t in cls.tables:
-            if not isinstance(t, Table):
-                raise ConfigurationError(f"store {cls.store_name!r}: tables must be slither.Table, got {t!r}")
-            if t.name in names:
-                raise ConfigurationError(f"store {cls.store_name!r}: duplicate table {t.name!r}")
-            names.add(t.name)
-        vnames = set()
-        for v in cls.views:
-            if not isinstance(v, View):
-                raise ConfigurationError(f"store {cls.store_name!r}: views must be slither.View, got {v!r}")
-            if v.name in vnames:
-                raise ConfigurationError(f"store {cls.store_name!r}: duplicate view {v.name!r}")
-            vnames.add(v.name)
+        _check_unique(cls.store_name, cls.tables, Table, "table")
+        _check_unique(cls.store_name, cls.views, View, "view")
 
     def load(self, tables: dict) -> None:
         """Fill the tables. Runs in the store server's process. Default: nothing."""

@@ -56,6 +56,7 @@ class Checks:
         return all(ok for _, ok in self.results)
 
     def outcome(self, seconds: float, threads: int | None = None, findings: tuple[str, ...] = ()) -> Outcome:
+        """The run's :class:`Outcome`: its time and whether every check so far passed."""
         return Outcome(seconds, self.passed, threads, tuple(findings))
 
 

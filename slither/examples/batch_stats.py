@@ -227,7 +227,7 @@ def _double(batch: list) -> list:
 
 
 _THREADED_SEGFAULT = """
-import faulthandler, sys, threading
+import faulthandler, threading
 faulthandler.disable()  # the parent reports the signal; the child's dump would only be noise
 from slither.examples.batch_stats import make_datasets, stats_or_segfault
 from slither.examples._common import run_threads

@@ -96,6 +96,7 @@ class Faults:
 
     @property
     def fired(self) -> list[tuple[int, str]]:
+        """What was injected so far: ``(batch_number, kind)``, in batch order."""
         out = []
         for name in os.listdir(os.path.join(self.path, "fired")):
             if not name.isdigit():  # a write in progress
@@ -106,6 +107,7 @@ class Faults:
 
     @property
     def batches_started(self) -> int:
+        """How many batches the wrapped functions have started (numbered 0 up)."""
         return len(os.listdir(os.path.join(self.path, "seq")))
 
     def wrap(self, fn: Callable | str) -> Callable:

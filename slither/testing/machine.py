@@ -105,7 +105,6 @@ class PipeMachine(RuleBasedStateMachine):
         self.faulty = self._faulty_pipe()
         self.rt = Runtime(**self.runtime_options).start()
         self._pids = set(self.rt.pids())
-        self.fed = 0
 
     # -- steps -------------------------------------------------------------------
     def _feed(self, payloads: list) -> None:
@@ -121,7 +120,6 @@ class PipeMachine(RuleBasedStateMachine):
             self._pids.update(self.rt.pids())
             for f in self.plans.values():
                 f.disarm()  # a fault not taken by this run must not land in the next one
-        self.fed += len(payloads)
         self._check(out, len(payloads))
 
     def _inject(self, kind: str, stage: str) -> None:
