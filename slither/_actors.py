@@ -38,6 +38,7 @@ class WatchCaller:
     pid: int
     pgid: int
     cleanup: str = ""  # a private directory of the caller's, removed when it dies without shutdown
+    group: bool = True  # the tree owns its process group (its own actor system); else it is the user's
     __repr__ = _cheap_repr
 
 
@@ -51,6 +52,18 @@ class WorkerInit:
     owner_pid: int = 0  # the caller's pid: a worker running inside it (simpleSystemBase) must never exit it
     hub_tcp: tuple | None = None  # a convention leader's data-plane (host, port), for workers on members
     leader_node: str = ""  # node_key() of the leader: a worker on the same node takes the Unix socket
+    __repr__ = _cheap_repr
+
+
+FRONT_DOOR = "dispatch"  # the root's child that takes the messages it does not know (slither._runner)
+
+
+@attrs.frozen(repr=False)
+class Forwarded:
+    """A message the root passed on, with the actor that sent it."""
+
+    message: object
+    sender: object
     __repr__ = _cheap_repr
 
 
@@ -78,12 +91,20 @@ class RootSupervisor(Supervisor):
             if self._caller is not None and not pid_alive(self._caller.pid):
                 if self._caller.cleanup:  # ephemeral stores, sockets, replicas: nobody else removes them
                     shutil.rmtree(self._caller.cleanup, ignore_errors=True)
+                if not self._caller.group:  # embedded: the group is the user's; the tree is linked to this root
+                    os._exit(0)
                 pgid = os.getpgid(0)
                 if pgid != self._caller.pgid:  # never the caller's own group
                     os.killpg(pgid, signal.SIGKILL)
             self._watch_caller()
             return
         super().receiveMessage(message, sender)
+
+    def on_other_message(self, message, sender) -> None:
+        # An actor's slither.actors message (Runtime.address is this root's): on to the front door.
+        front = next((c.address for c in self._children if c.spec.id == FRONT_DOOR), None)
+        if front is not None:
+            self.send(front, Forwarded(message, sender))
 
     def _watch_caller(self):
         from datetime import timedelta
@@ -220,4 +241,14 @@ def _reap(pid: int, fault_r: int) -> tuple[int, str]:
 _FAULT_MAX = 256 * 1024  # faulthandler's dump of every thread is a few KB
 
 
-__all__ = ["RootSupervisor", "PoolSupervisor", "Worker", "WorkerInit", "PoolInit", "WatchCaller", "ActorExitRequest"]
+__all__ = [
+    "FRONT_DOOR",
+    "Forwarded",
+    "RootSupervisor",
+    "PoolSupervisor",
+    "Worker",
+    "WorkerInit",
+    "PoolInit",
+    "WatchCaller",
+    "ActorExitRequest",
+]

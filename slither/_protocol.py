@@ -14,6 +14,9 @@ Caller → worker (over the worker's socket, see ``slither._worker``)::
     ("probe", ref, fn_key)                      run fn() once on this worker
     ("stores", {name: paths})                   stores started after the worker
     ("recycle",) / ("stop",)                    after its last batch: tear down and end
+    ("join", path)                              also serve the dispatcher listening at path (a
+                                                DispatchRunner's hub): the worker connects there as
+                                                to its own hub, and answers that socket's batches
 
 Worker → caller (replies keep the order of the batches)::
 
@@ -34,6 +37,12 @@ First frame on the hub (a worker, a pool supervisor, a nanny)::
     ("pool_up", token, pool, supervisor pid)
     ("pool_down", token, pool, supervisor pid)
     ("exit", token, pool, index, pid, exitcode, faulthandler text)
+    ("runner", token, pool, path)               a DispatchRunner (its own hub at path) asks for the
+                                                pool's workers: answered ("joined", local workers
+                                                told to join, PoolDown message or None); the
+                                                socket stays open, the caller forwards on it each
+                                                "exit" and "pool_down" of that pool, and its EOF
+                                                ends the registration
 
 Store client → server: ``(client id, seq, op)`` with ``op`` one of
 ``("put", table, key, value)``, ``("bulk", table, rows)``, ``("delete",
@@ -77,6 +86,9 @@ EXIT_STOP = 87  # the nanny waits for its own end
 POOL_UP = "pool_up"
 POOL_DOWN = "pool_down"
 EXIT = "exit"
+RUNNER = "runner"
+JOINED = "joined"
+JOIN = "join"
 
 # -- store error codes -----------------------------------------------------------
 MISSING_KEY = "missing_key"  # update() of a key that is not there: KeyError in the caller
@@ -145,6 +157,18 @@ def pool_down(token: str, pool: str, pid: int) -> tuple:
 
 def exit_report(token: str, pool: str, index: int, pid: int, exitcode: int, fault: str) -> tuple:
     return (EXIT, token, pool, index, pid, exitcode, fault)
+
+
+def runner(token: str, pool: str, path: str) -> tuple:
+    return (RUNNER, token, pool, path)
+
+
+def joined(count: int, down: str | None) -> tuple:
+    return (JOINED, count, down)
+
+
+def join(path: str) -> tuple:
+    return (JOIN, path)
 
 
 def result_problem(results, n: int) -> str | None:

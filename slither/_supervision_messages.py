@@ -5,7 +5,7 @@ message it sends)."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -99,8 +99,35 @@ class ChildStopped:
 
 @attrs.frozen(repr=False)
 class WhichChildren:
-    """Answered with a list of ``(id, alive, pid, restarts)`` tuples."""
+    """Answered with a list of :class:`ChildInfo`, one per child, in start order."""
 
+    __repr__ = _cheap_repr
+
+
+class ChildInfo(NamedTuple):
+    """One child of a supervisor, as it is now.
+
+    ``address`` is the child's current Thespian address (a new one after each
+    restart; None while it is down), ``pid`` its process id once it reported it
+    (None until then, and always for actors that do not derive from
+    ``SupervisedActor``), ``restarts`` how many times it was restarted.
+    """
+
+    id: str
+    alive: bool
+    pid: int | None
+    restarts: int
+    address: Any
+
+
+@attrs.frozen(repr=False)
+class AwaitChild:
+    """Answered with the :class:`ChildInfo` of child ``id`` once it is running with a
+    known pid after at least ``restarts`` restarts: at once if it is, else when it
+    reports in. Ask with ``restarts=info.restarts + 1`` to await the next restart."""
+
+    id: str
+    restarts: int = 0
     __repr__ = _cheap_repr
 
 

@@ -46,6 +46,22 @@ def pids_in_group(pgid: int) -> list[int]:
     return out
 
 
+def descendants(pid: int) -> list[int]:
+    """Live (non-zombie) descendants of ``pid``, children first (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat_fields(name)
+            if fields is not None and fields[0] not in (b"Z", b"X"):
+                children.setdefault(int(fields[1]), []).append(int(name))
+    out, todo = [], list(children.get(pid, ()))
+    while todo:
+        p = todo.pop(0)
+        out.append(p)
+        todo += children.get(p, ())
+    return out
+
+
 def vm_size() -> int:
     """This process's address space in bytes (0 when unknown)."""
     try:

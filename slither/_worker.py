@@ -100,6 +100,11 @@ def _ordinary_logging(send) -> None:
     the runtime started, and every record sent to the caller instead of the caller's
     handlers (which would write to the caller's files and terminal a second time)."""
     root, manager = _thespian.CALLER_LOGGING
+    if type(root).addHandler is not logging.Logger.addHandler:
+        # Slither was first imported inside an actor process (a Runtime embedded in an actor
+        # system created before it): the tree it saw is Thespian's forwarder. Start a plain one.
+        root = logging.RootLogger(logging.WARNING)
+        manager = logging.Manager(root)
     logging.root = logging.Logger.root = root
     logging.Logger.manager = manager
     forward = _Forward(send)
@@ -262,8 +267,9 @@ def serve(
         _ordinary_logging(lambda msg: send(_wire.dumps(msg)))
     teardown = _set_up(setup, send)
     inbox: queue.SimpleQueue = queue.SimpleQueue()
-    threading.Thread(target=_read, args=(sock, inbox, in_process), name="slither-worker-reader", daemon=True).start()
-    _loop(inbox, send, in_process, teardown)
+    _hello.update(token=token, pool=pool, index=index, inbox=inbox)
+    threading.Thread(target=_read, args=(sock, inbox, send, in_process), name="slither-worker-reader", daemon=True).start()
+    _loop(inbox, in_process, teardown)
 
 
 def _set_up(setup: tuple | None, send):
@@ -293,33 +299,64 @@ def _tear_down(teardown) -> None:
             traceback.print_exc()
 
 
-def _read(sock, inbox: queue.SimpleQueue, in_process: bool) -> None:
-    """The reader thread: frames from the caller onto the inbox, so neither side can block the other."""
+def _read(sock, inbox: queue.SimpleQueue, send, in_process: bool, primary: bool = True) -> None:
+    """A reader thread: frames from one dispatcher onto the inbox as ``(reply, frame)``, so
+    neither side can block the other and each batch is answered on the socket it came by."""
     recv = _wire.Reader(sock).recv
     try:
         while True:
             try:
-                inbox.put(recv())
+                inbox.put((send, recv()))
             except _wire.UnpicklingFailed as failed:
                 answer = _unloadable(failed)
                 if answer is None:
                     raise
-                inbox.put(answer)  # answered in turn by the main thread: replies keep the batches' order
+                inbox.put((send, answer))  # answered in turn by the main thread: replies keep the batches' order
     except BaseException:  # noqa: BLE001 - EOF, or e.g. MemoryError while a batch hogs memory
+        if not primary:
+            sock.close()  # a DispatchRunner finished (or died): this worker serves on
+            return
         # Without its reader this worker could never get work again: end it, so the
         # caller sees a crash and the supervisor starts a fresh one.
         os._exit(0) if not in_process else inbox.put(None)
 
 
-def _loop(inbox: queue.SimpleQueue, send, in_process: bool, teardown=None) -> None:
+_hello: dict = {}  # token, pool, index and the inbox of this worker: what joining a dispatcher needs
+
+
+def _join(path: str, in_process: bool) -> None:
+    """Serve the DispatchRunner whose hub is at ``path`` too (see ``slither._runner``): greet it
+    as a worker greets its caller, then read its batches onto the same inbox, in turn with the
+    caller's (each dispatcher keeps at most its depth of batches here, so turns stay fair)."""
+    try:
+        sock = _wire.connect(path, timeout=5)
+        _wire.send(sock, _protocol.hello_worker(_hello["token"], _hello["pool"], _hello["index"], os.getpid()))
+        _wire.recv(sock)  # its init: sys.path, stores and setup are the caller's, already applied
+        _wire.send(sock, _protocol.READY)
+    except (OSError, EOFError):
+        return  # the runner is already gone
+    lock = threading.Lock()
+
+    def send(chunks) -> None:
+        try:
+            with lock:
+                _wire.send_chunks(sock, chunks)
+        except OSError:
+            pass  # that runner went away mid-batch: its reply has nobody to go to, and this worker lives on
+
+    _read(sock, _hello["inbox"], send, in_process, primary=False)
+
+
+def _loop(inbox: queue.SimpleQueue, in_process: bool, teardown=None) -> None:
     """The main thread: every message in turn, until the caller goes away or retires it."""
     while True:
-        msg = inbox.get()
-        if msg is None:
+        got = inbox.get()
+        if got is None:
             _tear_down(teardown)
             if in_process:
                 return
             os._exit(0)  # the caller went away: nothing left to serve
+        send, msg = got
         if msg == _protocol.RECYCLE or msg == _protocol.STOP:
             _tear_down(teardown)
             if in_process:
@@ -334,6 +371,8 @@ def _loop(inbox: queue.SimpleQueue, send, in_process: bool, teardown=None) -> No
             _run_probe(msg, send)
         elif kind == _protocol.STORES:
             store.register_paths(msg[1])
+        elif kind == _protocol.JOIN:
+            threading.Thread(target=_join, args=(msg[1], in_process), name="slither-worker-join", daemon=True).start()
         elif kind == _protocol.UNLOADABLE:
             send(_wire.dumps(msg))
 

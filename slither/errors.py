@@ -10,6 +10,7 @@
     ├── PipeDefinitionError (TypeError)     a Pipe class is malformed
     ├── StageFailure                        an inline stage returned Fail(reason)
     ├── PipeFull                            submit_nowait on a full long-lived pipe
+    ├── RunnerDied                          the DispatchRunner serving an actor's Dispatch died
     ├── StoreError                          a store write or reload failed
     │   ├── ViewNotFound (KeyError)
     │   └── ViewTimeout (TimeoutError)
@@ -217,6 +218,33 @@ class PipeError(SlitherError):
         self.stage = stage
         self.reason = reason
         self.partial_results = partial_results
+
+
+class RunnerDied(SlitherError):
+    """The ``DispatchRunner`` actor serving a :class:`slither.actors.Dispatch` died
+    (``DispatchFailed.reason``). Results already sent stand; the rest was not run to
+    the end. Send the ``Dispatch`` again: a new runner serves it.
+
+    Attributes:
+        pid: the runner's process id (None if it never reported one).
+        exitcode: its exit code, negative for a signal (``-9`` for SIGKILL), or None.
+    """
+
+    def __init__(self, pid: int | None = None, exitcode: int | None = None, message: str | None = None):
+        if message is None:
+            how = WorkerCrashed.how(exitcode) if exitcode is not None else "died (exit status unknown)"
+            message = f"the DispatchRunner (pid {pid}) {how} before the dispatch finished"
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+
+    @property
+    def signal(self) -> _signal.Signals | None:
+        """The signal that killed the runner, or None."""
+        return WorkerCrashed.signal.fget(self)
+
+    def __reduce__(self):
+        return (type(self), (self.pid, self.exitcode, str(self)))
 
 
 class PipeDefinitionError(SlitherError, TypeError):

@@ -55,6 +55,8 @@ from thespian.actors import (
 )
 
 from slither._supervision_messages import (
+    AwaitChild,
+    ChildInfo,
     ChildSpec,
     ChildStarted,
     ChildStopped,
@@ -139,6 +141,10 @@ class _Child:
         self.parked = False  # no live system offers its requirements: started when one joins
 
 
+def _info(child: _Child) -> ChildInfo:
+    return ChildInfo(child.spec.id, child.address is not None, child.pid, child.restarts, child.address)
+
+
 class Supervisor(Actor):
     """A reusable supervisor actor. See the module docstring.
 
@@ -154,6 +160,7 @@ class Supervisor(Actor):
         self._restarts: deque = deque()
         self._stopping = False
         self._watching = False
+        self._awaiting: list[tuple[AwaitChild, object]] = []  # AwaitChild requests not answered yet
 
     # -- hooks ---------------------------------------------------------
     def on_init(self, init: SupervisorInit) -> None:
@@ -204,7 +211,21 @@ class Supervisor(Actor):
         self.send(sender, ChildStopped(message.id))
 
     def _on_which_children(self, message, sender) -> None:
-        self.send(sender, [(c.spec.id, c.address is not None, c.pid, c.restarts) for c in self._children])
+        self.send(sender, [_info(c) for c in self._children])
+
+    def _on_await_child(self, message: AwaitChild, sender) -> None:
+        self._awaiting.append((message, sender))
+        self._answer_awaiting()
+
+    def _answer_awaiting(self) -> None:
+        left = []
+        for request, sender in self._awaiting:
+            child = next((c for c in self._children if c.spec.id == request.id), None)
+            if child is not None and child.address is not None and child.pid is not None and child.restarts >= request.restarts:
+                self.send(sender, _info(child))
+            else:
+                left.append((request, sender))
+        self._awaiting = left
 
     def _on_identity(self, message: Identity, sender) -> None:
         for child in self._children:
@@ -214,6 +235,8 @@ class Supervisor(Actor):
                 child.pid = message.pid
                 self.on_child_identified(child.spec.id, message.pid)
                 self._watch()
+                if self._awaiting:
+                    self._answer_awaiting()
 
     def _on_exiting_normally(self, message, sender) -> None:
         for child in self._children:
@@ -250,6 +273,7 @@ class Supervisor(Actor):
         StartChild: "_on_start_child",
         StopChild: "_on_stop_child",
         WhichChildren: "_on_which_children",
+        AwaitChild: "_on_await_child",
         Identity: "_on_identity",
         ExitingNormally: "_on_exiting_normally",
         ChildActorExited: "_on_child_exited",
@@ -359,6 +383,8 @@ __all__ = [
     "StopChild",
     "ChildStopped",
     "WhichChildren",
+    "ChildInfo",
+    "AwaitChild",
     "Identify",
     "Identity",
     "ExitingNormally",

@@ -73,12 +73,12 @@ def start(system, strategy, n=3, restart="permanent", max_restarts=5):
     specs = tuple(ChildSpec(f"c{i}", Echo, restart=restart) for i in range(n))
     ident = system.ask(sup, SupervisorInit(strategy=strategy, max_restarts=max_restarts, max_seconds=5, children=specs), 5)
     assert isinstance(ident, Identity)
-    wait_for(lambda: all(pid for _, _, pid, _ in children(system, sup)))
+    wait_for(lambda: all(c.pid for c in children(system, sup)))
     return sup
 
 
 def pids_of(system, sup):
-    return {cid: pid for cid, _, pid, _ in children(system, sup) or []}  # None: the supervisor is gone
+    return {c.id: c.pid for c in children(system, sup) or []}  # None: the supervisor is gone
 
 
 @pytest.mark.parametrize(

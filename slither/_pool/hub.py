@@ -65,6 +65,9 @@ class Hub:
                 s.close()  # only workers come over the network
                 return
             pool = self.pools.get(hello[2])
+            if kind == _protocol.RUNNER:
+                self._serve_runner(s, pool, hello[2], hello[3])
+                return
             if kind == _protocol.WORKER and pool is not None:
                 _, _, name, index, pid = hello
                 _wire.send(s, _protocol.init(list(sys.path), os.getcwd(), self.store_paths(), pool.worker_setup))
@@ -91,6 +94,22 @@ class Hub:
                 s.close()
             except OSError:
                 pass
+
+    def _serve_runner(self, s: socket.socket, pool: Pool | None, name: str, path: str) -> None:
+        """A DispatchRunner's registration, held until its EOF (see ``Pool.add_runner``)."""
+        if pool is None:
+            _wire.send(s, _protocol.joined(0, f"no pool named {name!r}; this runtime has {sorted(self.pools)}"))
+            s.close()
+            return
+        pool.add_runner(path, s)
+        try:
+            while s.recv(4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            pool.remove_runner(path)
+            s.close()
 
     def close(self) -> None:
         self._closed = True

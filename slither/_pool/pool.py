@@ -88,6 +88,7 @@ class Pool:
         self.restarts = 0
         self._timer_next = 0.0
         self.exits = ExitReports()
+        self.runners: dict[str, tuple] = {}  # DispatchRunner hub path -> (its registration socket, a send lock)
         self._timer = threading.Thread(target=timer_loop, args=(self,), name=f"slither-pool-{name}-timer", daemon=True)
         self._timer.start()
         self.receiver.start()
@@ -165,11 +166,43 @@ class Pool:
             if restarted:
                 self.restarts += 1
             touched = self.scheduler.pump()
+            if not conn.remote:
+                for path in self.runners:  # a fresh worker serves the running DispatchRunners too
+                    retire.send_control(self, conn, _protocol.join(path), touched)
             self.changed.notify_all()
         self.receiver.wake()  # whoever is reading adds the new socket
         self.sender.flush(touched)
         if restarted:
             telemetry.emit(("slither", "worker", "restart"), {}, {"pool": self.name, "worker": conn.pid, "index": conn.index})
+
+    # -- DispatchRunners (see slither._runner) -------------------------------
+    def add_runner(self, path: str, sock: socket.socket) -> None:
+        """A DispatchRunner listening at ``path`` wants this pool's workers: tell each local
+        one to join it, answer how many were told, and forward exits and PoolDown to it."""
+        touched: list = []
+        with self.lock:
+            conns = [c for c in self.scheduler.workers.values() if c.alive and not c.remote]
+            for conn in conns:
+                retire.send_control(self, conn, _protocol.join(path), touched)
+            lock = threading.Lock()
+            self.runners[path] = (sock, lock)
+            with lock:  # before any forward can reach it
+                _wire.send(sock, _protocol.joined(len(conns), str(self.down) if self.down is not None else None))
+        self.sender.flush(touched)
+
+    def remove_runner(self, path: str) -> None:
+        with self.lock:
+            self.runners.pop(path, None)
+
+    def _tell_runners(self, msg: tuple) -> None:
+        with self.lock:
+            runners = list(self.runners.values())
+        for sock, lock in runners:
+            try:
+                with lock:
+                    _wire.send(sock, msg)
+            except OSError:
+                pass  # that runner is gone; its registration ends on the EOF
 
     # -- what the receiver hands over --------------------------------------
     def _handle(self, conn: WorkerConn, msg, touched: list) -> None:
@@ -284,6 +317,8 @@ class Pool:
 
     def exited(self, pid: int, exitcode: int | None, fault: str) -> None:
         """A nanny's report of how worker ``pid`` ended (see ``slither._worker``)."""
+        if self.runners:
+            self._tell_runners((_protocol.EXIT, "", self.name, -1, pid, exitcode, fault))
         with self.lock:
             victims = self.exits.reported(pid, exitcode, fault)
         if victims is not None:
@@ -302,6 +337,8 @@ class Pool:
                 _kill_conn(conn)
             self.changed.notify_all()
         logger.warning("pool {!r} is down: {}", self.name, self.down)
+        if self.runners:
+            self._tell_runners((_protocol.POOL_DOWN, "", self.name, str(self.down)))
         for t in victims:
             if t.callback is not None:
                 t.callback(t, None, self.down_error(), None)

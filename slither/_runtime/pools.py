@@ -9,10 +9,10 @@ import os
 import time
 from collections.abc import Mapping
 
-from thespian.actors import ActorExitRequest, NoCompatibleSystemForActor
+from thespian.actors import ActorExitRequest, ActorSystem, NoCompatibleSystemForActor
 
 from slither import _thespian, cluster
-from slither._actors import PlacementProbe, PoolInit, PoolSupervisor, Worker, WorkerInit
+from slither._actors import PlacementProbe, PoolInit, PoolSupervisor, RootSupervisor, Worker, WorkerInit
 from slither._dispatch.options import resolve_fn
 from slither._pool import Pool
 from slither._runtime.spec import PoolSpec, as_spec
@@ -20,7 +20,16 @@ from slither._store import Store
 from slither._sys import free_port, node_key
 from slither.cluster import Convention
 from slither.errors import ConfigurationError, RuntimeNotStarted
-from slither.supervision import ChildSpec, ChildStarted, ChildStopped, Identity, StartChild, StopChild, SupervisorInit
+from slither.supervision import (
+    ChildSpec,
+    ChildStarted,
+    ChildStopped,
+    Identity,
+    StartChild,
+    StopChild,
+    SupervisorInit,
+    WhichChildren,
+)
 
 BASES = ("multiprocTCPBase", "simpleSystemBase")
 
@@ -122,6 +131,33 @@ def system_capabilities(rt) -> dict:
         rt._capabilities = {k: v for k, v in caps.items() if k != "Admin Port"}
         return caps
     return {"Admin Port": free_port()}
+
+
+ROOT_NAME = "slither"  # the root's global name in the actor system it runs in
+
+
+def check_embedding(actor_system, base: str, convention) -> None:
+    """``Runtime(actor_system=...)``: a multiprocTCPBase system, no convention of its own."""
+    if actor_system is None:
+        return
+    if not isinstance(actor_system, ActorSystem):
+        raise ConfigurationError(f"actor_system: expected a thespian ActorSystem, got {type(actor_system).__name__}")
+    if base != "multiprocTCPBase":
+        raise ConfigurationError("actor_system: the tree runs in your system, which must be multiprocTCPBase; leave base alone")
+    if convention is not None:
+        raise ConfigurationError("actor_system and convention cannot be combined: a convention needs a system of its own")
+
+
+def create_root(rt):
+    """The root supervisor, under the global name ``"slither"`` of its system. In a user's
+    system that already runs one, a second runtime's root gets no name (and is told apart
+    by its children: a fresh root has none)."""
+    if rt.base == "simpleSystemBase":
+        return rt._asys.createActor(RootSupervisor)
+    root = rt._asys.createActor(RootSupervisor, globalName=ROOT_NAME)
+    if rt._ask(root, WhichChildren(), list) not in ([], None):
+        root = rt._asys.createActor(RootSupervisor)  # "slither" is taken by another runtime
+    return root
 
 
 def check_runtime(pools, stores, base: str, convention) -> tuple[dict, list]:

@@ -34,16 +34,17 @@ from thespian.actors import ActorSystem
 
 from slither import _aio, _dispatch, _pipe, _thespian, cluster
 from slither import _store as store_mod
-from slither._actors import RootSupervisor, WatchCaller
+from slither._actors import FRONT_DOOR, WatchCaller
 from slither._executor import Executor
 from slither._pool import Hub, Pool, retire
 from slither._registry import _current, _live
+from slither._runner import DispatchSupervisor, RunnerPlane
 from slither._runtime import pools as pool_start
 from slither._runtime import stop
 from slither._runtime.spec import PoolSpec
-from slither._sys import pids_in_group, private_dir
+from slither._sys import descendants, pid_alive, pids_in_group, private_dir
 from slither.errors import ConfigurationError, RuntimeNotStarted
-from slither.supervision import Identity, SupervisorInit
+from slither.supervision import ChildSpec, ChildStarted, Identity, StartChild, SupervisorInit
 
 
 class Runtime:
@@ -61,6 +62,10 @@ class Runtime:
         convention: a :class:`slither.cluster.Convention`: this runtime
             leads a convention that ``slither node --join`` members join
             (see docs/cluster.md).
+        actor_system: a ``multiprocTCPBase`` ``ActorSystem`` of your own: the tree
+            is built inside it (its root under the global name ``"slither"``)
+            instead of in a system of its own, and ``shutdown()`` stops the tree,
+            never your system (see docs/actors.md).
 
     Methods are thread-safe. Use as a context manager, or ``start()`` /
     ``shutdown()``.
@@ -75,8 +80,11 @@ class Runtime:
         data_dir: str | os.PathLike | None = None,
         start_timeout: float = 30.0,
         convention=None,
+        actor_system=None,
     ):
         self.pool_specs, self.store_classes = pool_start.check_runtime(pools, stores, base, convention)
+        pool_start.check_embedding(actor_system, base, convention)
+        self._embedded = actor_system
         self.convention = convention
         self._hub_tcp: tuple | None = None
         self.base = base
@@ -149,8 +157,11 @@ class Runtime:
         # simpleSystemBase runs in this process: any logDefs would be applied to the caller's
         # own logging (its root set to CRITICAL, its handlers removed); False skips them there.
         log_defs = False if self.base == "simpleSystemBase" else _thespian.QUIET_LOGDEFS
-        with _thespian.creating():  # this system's transports and processes sign their messages
-            self._asys = ActorSystem(self.base, caps, logDefs=log_defs, transientUnique=True)
+        if self._embedded is not None:
+            self._asys = self._embedded
+        else:
+            with _thespian.creating():  # this system's transports and processes sign their messages
+                self._asys = ActorSystem(self.base, caps, logDefs=log_defs, transientUnique=True)
         self._hub = Hub(os.path.join(self._dir, "hub.sock"), self.token, self._store_paths)
         if conv is not None and conv.join:
             self._replicas.start()  # threads only after Thespian forked its admin from this process
@@ -160,7 +171,7 @@ class Runtime:
                 raise TimeoutError(str(exc)) from None
         elif conv is not None:
             self._hub_tcp = self._hub.listen_tcp(conv.host, conv.data_port, conv.secret)
-        self._root = self._asys.createActor(RootSupervisor)
+        self._root = pool_start.create_root(self)
         ident = self._ask(
             self._root, SupervisorInit(strategy="one_for_one", max_restarts=10, max_seconds=5.0, name="root"), Identity
         )
@@ -169,7 +180,12 @@ class Runtime:
         self._pgid = ident.pgid
         self._root_pid = ident.pid
         if self.base != "simpleSystemBase":
-            self._asys.tell(self._root, WatchCaller(os.getpid(), os.getpgid(0), self._dir))
+            self._asys.tell(self._root, WatchCaller(os.getpid(), os.getpgid(0), self._dir, group=self._embedded is None))
+        if self.base != "simpleSystemBase":  # actors' Dispatch messages: runners in processes of their own
+            plane = RunnerPlane(self._hub.path, self.token, self._dir, self.start_timeout)
+            spec = ChildSpec(FRONT_DOOR, DispatchSupervisor, init=plane)
+            if not isinstance(self._ask(self._root, StartChild(spec), ChildStarted), ChildStarted):
+                raise RuntimeError("the dispatch supervisor did not start")
         if self.store_classes:
             store_mod.start_stores(
                 self.store_classes,
@@ -246,8 +262,15 @@ class Runtime:
             if self.pool_specs[name].teardown is not None:  # let them tear down before the tree stops
                 retire.stop_workers(pool, timeout / 2)
         stall = max(stop.STALL, timeout / 4)
-        own_group = self._pgid is not None and self._pgid != os.getpgid(0)  # never signal the caller's group
-        stalled = asys is not None and stop.stop_actor_system(asys, self._pgid if own_group else None, deadline, stall)
+        own_group = (
+            self._embedded is None and self._pgid is not None and self._pgid != os.getpgid(0)
+        )  # never signal the caller's group
+        if self._embedded is not None:
+            if asys is not None and self._root is not None:
+                stop.stop_embedded_tree(asys, self._root, self._root_pid, deadline)
+            stalled = False
+        else:
+            stalled = asys is not None and stop.stop_actor_system(asys, self._pgid if own_group else None, deadline, stall)
         for pool in self._pools.values():
             pool.disconnect()  # workers exit at once on their socket's EOF, stalled tree or not
         if self._hub is not None:
@@ -271,6 +294,13 @@ class Runtime:
         raise RuntimeNotStarted(f"the runtime is {self._state}: it was shut down and cannot restart; create a new Runtime")
 
     # -- introspection -------------------------------------------------
+    @property
+    def address(self):
+        """The Thespian address of this runtime's tree: where an actor sends
+        :class:`slither.actors.Dispatch` (see docs/actors.md)."""
+        self._require()
+        return self._root
+
     def pool(self, name: str = "default") -> Pool:
         """The caller-side state of pool ``name`` (for statistics and tests)."""
         self._require()
@@ -280,7 +310,10 @@ class Runtime:
             raise ConfigurationError(f"unknown pool {name!r}; this runtime has {sorted(self._pools)}") from None
 
     def pids(self) -> list[int]:
-        """Every live process of this runtime (admin, logger, supervisors, workers, stores)."""
+        """Every live process of this runtime (admin, logger, supervisors, workers, stores;
+        embedded in your actor system: its root and every descendant of the root)."""
+        if self._embedded is not None:
+            return [self._root_pid, *descendants(self._root_pid)] if self._root_pid and pid_alive(self._root_pid) else []
         return pids_in_group(self._pgid) if self._pgid is not None and self._pgid != os.getpgid(0) else []
 
     def worker_pids(self, pool: str = "default") -> list[int]:

@@ -5,7 +5,8 @@ which after SIGKILLed actors may never come: it runs on a thread of its own, and
 the wait ends when every process of the runtime's process group is gone, when
 none of them has exited for a while (the tree sits idle), or at the deadline.
 What is still alive then is SIGKILLed by process group: the actor system's own
-group, never the caller's.
+group, never the caller's. A tree embedded in the user's own actor system is
+stopped by its root, and what outlives it is killed by pid (``stop_embedded_tree``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 
 from loguru import logger
 
-from slither._sys import pids_in_group
+from slither._sys import descendants, pid_alive, pids_in_group
 
 STALL = 0.5  # at least this long without any runtime process exiting while Thespian's shutdown waits
 
@@ -62,3 +63,27 @@ def kill_what_is_left(pgid: int, deadline: float, stalled: bool, why: str) -> No
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def stop_embedded_tree(asys, root, root_pid: int | None, deadline: float) -> None:
+    """Stop a tree that lives in the user's own actor system: ask its root to exit (its
+    supervisors stop their children), wait for the root and every descendant of it,
+    then SIGKILL by pid whatever is left (never a process group: the user's actors
+    share the admin's)."""
+    from thespian.actors import ActorExitRequest
+
+    pids = [root_pid, *descendants(root_pid)] if root_pid else []
+    try:
+        asys.tell(root, ActorExitRequest())
+    except Exception:  # noqa: BLE001 - the user's system may be gone already
+        logger.exception("asking Slither's root actor to exit")
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling process exit: there is no event to await for non-children
+    left = [p for p in pids if pid_alive(p)]
+    if left:
+        logger.info("Slither's processes {} still alive after its root was asked to exit; killing them", left)
+        for p in left:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

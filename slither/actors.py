@@ -1,0 +1,249 @@
+"""Slither's message protocol, for Thespian actors that dispatch work (see docs/actors.md).
+
+An actor sends :class:`Dispatch` to ``Runtime.address`` (or to the global name
+``"slither"`` of the actor system). A ``DispatchRunner`` actor of its own
+answers, from its own address::
+
+    requester                                   DispatchRunner (its own process)
+        │ Dispatch(ref, items, fn, demand=8) ──▶ (via Runtime.address)
+        │ ◀── Credit(ref, n)                     streamed input only: room for n items
+        │ Feed(ref, items, last) ──────────────▶
+        │ ◀── Results(ref, items, seq)           one per finished batch, at most the demand granted
+        │ Demand(ref, n) ──────────────────────▶ n more Results may come
+        │ ◀── DispatchDone(ref, stats) | DispatchFailed(ref, reason)
+        │ Cancel(ref) ─────────────────────────▶ stops it (DispatchFailed, reason DispatchCancelled)
+
+Demand is GenStage's: the runner never has more ``Results`` sent than the demand
+granted (``Dispatch.demand`` at first, plus every ``Demand``), and with none left
+it takes no more batches from the input, so the work in flight stays bounded end to
+end. Send ``Demand`` and ``Cancel`` to the runner (the sender of ``Results`` or
+``Credit``) or to ``Runtime.address``: both reach it. A dispatch ends with exactly
+one ``DispatchDone`` or ``DispatchFailed``, except that a runner killed in the instant
+between sending ``DispatchDone`` and exiting may be reported as failed as well:
+take the first one and ignore what comes after for that ref.
+
+Every message is a frozen attrs class with a constant-time repr (Thespian formats
+each message it handles). Options are checked where the ``Dispatch`` is built, in
+the sender, with the messages of :func:`slither.dispatch`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import cloudpickle
+
+from slither._dispatch.options import check_dispatch, resolve_fn
+from slither._item import Context
+from slither._sys import cheap_repr
+from slither.errors import ConfigurationError, SlitherError
+
+
+class DispatchCancelled(SlitherError):
+    """The reason of the ``DispatchFailed`` that answers a :class:`Cancel`."""
+
+
+def _listed(items):
+    if items is None:
+        return None
+    if isinstance(items, (str, bytes)):
+        raise ConfigurationError(f"Dispatch: items must be an iterable of payloads or Items, got {type(items).__name__}")
+    return items if isinstance(items, list) else list(items)
+
+
+@attrs.frozen(repr=False)
+class Dispatch:
+    """Run ``fn`` over ``items`` on pool ``pool``, with the options of :func:`slither.dispatch`.
+
+    Args:
+        ref: the requester's name for this dispatch (any picklable, hashable value);
+            every answer carries it.
+        items: payloads or Items (made a list: the message travels). None: the input
+            is streamed with :class:`Feed`, within the :class:`Credit` the runner grants.
+        fn: ``"module:function"``, or a callable (sent with cloudpickle).
+        demand: the initial grant of ``Results`` messages (see :class:`Demand`).
+        max_in_flight: batches taken from the input and not yet sent back as ``Results``.
+
+    Raises:
+        ConfigurationError: an option is invalid (raised here, in the sender).
+    """
+
+    ref: Any
+    items: Any = attrs.field(default=None, converter=_listed)
+    fn: Any = None
+    pool: str = "default"
+    batch_size: Any = 64
+    strategy: Any = None
+    ordering: str = "preserve"
+    on_error: Any = "halt"
+    timeout: float | None = 30.0
+    context: Context | None = None
+    affinity: str = "none"
+    demand: int = 8
+    max_in_flight: int = 8
+
+    def __attrs_post_init__(self):
+        check_dispatch(
+            () if self.items is None else self.items,
+            self.fn,
+            self.pool,
+            self.strategy,
+            self.batch_size,
+            self.max_in_flight,
+            self.ordering,
+            self.on_error,
+            self.timeout,
+            self.context,
+            self.affinity,
+            None,
+        )
+        if isinstance(self.fn, str):
+            resolve_fn(self.fn)  # the module must exist: say so here, not in the runner
+        if type(self.demand) is not int or self.demand < 0:
+            raise ConfigurationError(f"Dispatch: demand must be an int >= 0, got {self.demand!r}")
+
+    def options(self) -> dict:
+        """The keyword options of the dispatch this message asks for."""
+        return {
+            "pool": self.pool,
+            "batch_size": self.batch_size,
+            "strategy": self.strategy,
+            "ordering": self.ordering,
+            "on_error": self.on_error,
+            "timeout": self.timeout,
+            "context": self.context,
+            "affinity": self.affinity,
+            "max_in_flight": self.max_in_flight,
+        }
+
+    def window_items(self) -> int:
+        """How many fed items the runner holds at most: its window of batches."""
+        size = self.batch_size if type(self.batch_size) is int else 64
+        return self.max_in_flight * size
+
+    def __reduce__(self):
+        # fn, a WeightedBatch's weight_fn, a Route's handler may be lambdas: those travel by
+        # cloudpickle; the items by the ordinary pickler (fast, and all they need).
+        code = cloudpickle.dumps((self.fn, self.strategy, self.on_error))
+        rest = (self.ref, self.items, self.pool, self.batch_size, self.ordering, self.timeout, self.context)
+        return (_rebuild_dispatch, (code, rest, self.affinity, self.demand, self.max_in_flight))
+
+    __repr__ = cheap_repr
+
+
+def _rebuild_dispatch(code: bytes, rest: tuple, affinity: str, demand: int, max_in_flight: int) -> Dispatch:
+    fn, strategy, on_error = cloudpickle.loads(code)
+    ref, items, pool, batch_size, ordering, timeout, context = rest
+    d = object.__new__(Dispatch)  # checked where it was built
+    for name, value in (
+        ("ref", ref),
+        ("items", items),
+        ("fn", fn),
+        ("pool", pool),
+        ("batch_size", batch_size),
+        ("strategy", strategy),
+        ("ordering", ordering),
+        ("on_error", on_error),
+        ("timeout", timeout),
+        ("context", context),
+        ("affinity", affinity),
+        ("demand", demand),
+        ("max_in_flight", max_in_flight),
+    ):
+        object.__setattr__(d, name, value)
+    return d
+
+
+@attrs.frozen(repr=False)
+class Results:
+    """One finished batch of a dispatch: its Items, in the order ``ordering`` asks for.
+
+    ``seq`` counts the ``Results`` of this dispatch from 0.
+    """
+
+    ref: Any
+    items: list
+    seq: int
+    __repr__ = cheap_repr
+
+
+@attrs.frozen(repr=False)
+class Demand:
+    """The requester grants ``n`` more ``Results`` messages."""
+
+    ref: Any
+    n: int = attrs.field()
+
+    @n.validator
+    def _positive(self, _attr, value):
+        if type(value) is not int or value < 1:
+            raise ConfigurationError(f"Demand: n must be an int >= 1, got {value!r}")
+
+    __repr__ = cheap_repr
+
+
+@attrs.frozen(repr=False)
+class Feed:
+    """More input for a dispatch whose ``items`` was None; ``last=True`` ends the input."""
+
+    ref: Any
+    items: list = attrs.field(factory=list, converter=list)
+    last: bool = False
+    __repr__ = cheap_repr
+
+
+@attrs.frozen(repr=False)
+class Credit:
+    """The runner has room for ``n`` more fed items."""
+
+    ref: Any
+    n: int
+    __repr__ = cheap_repr
+
+
+@attrs.frozen(repr=False)
+class DispatchDone:
+    """The dispatch finished; every ``Results`` was sent before it.
+
+    ``stats``: ``{"items", "batches", "seconds", "pid"}`` (``pid``: the runner's).
+    """
+
+    ref: Any
+    stats: dict
+    __repr__ = cheap_repr
+
+
+@attrs.frozen(repr=False)
+class DispatchFailed:
+    """The dispatch ended early. ``reason`` is what :func:`slither.dispatch` would raise or
+    carry: a ``BatchFailure`` (``WorkerError`` with its remote traceback, ``BatchTimeout``,
+    ``WorkerCrashed``, ``PoolDown``, ...) under ``on_error="halt"``, ``RunnerDied``,
+    ``DispatchCancelled``, ``ConfigurationError``. ``batch_ref``: the failing batch, or None."""
+
+    ref: Any
+    reason: BaseException
+    batch_ref: Any = None
+    __repr__ = cheap_repr
+
+
+@attrs.frozen(repr=False)
+class Cancel:
+    """Stop the dispatch ``ref``: batches not started are dropped, the workers running
+    its batches are killed and replaced; it ends with ``DispatchFailed(DispatchCancelled)``."""
+
+    ref: Any
+    __repr__ = cheap_repr
+
+
+__all__ = [
+    "Dispatch",
+    "Results",
+    "Demand",
+    "Feed",
+    "Credit",
+    "DispatchDone",
+    "DispatchFailed",
+    "Cancel",
+    "DispatchCancelled",
+]

@@ -1,0 +1,300 @@
+"""Actors dispatch through ``slither.actors`` messages, into a tree built inside the
+user's own multiprocTCPBase actor system (``Runtime(actor_system=asys)``).
+
+Every test runs real processes: the user's admin and actors, Slither's supervisors,
+a ``DispatchRunner`` process per dispatch, and the pool's worker processes.
+"""
+
+import os
+import signal
+import time
+
+import pytest
+from actor_apps import Go, Requester
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from thespian.actors import ActorSystem
+
+import slither
+from slither._sys import free_port, pid_alive
+from slither.actors import (
+    Cancel,
+    Credit,
+    Demand,
+    Dispatch,
+    DispatchCancelled,
+    DispatchDone,
+    DispatchFailed,
+    Feed,
+    Results,
+)
+from slither.errors import ConfigurationError, RunnerDied, WorkerError
+from slither.supervision import AwaitChild, WhichChildren
+from slither.testing import wait_pids_gone
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def app():
+    """The user's actor system with a Slither runtime embedded in it."""
+    asys = ActorSystem("multiprocTCPBase", {"Admin Port": free_port()}, transientUnique=True)
+    try:
+        rt = slither.Runtime(pools={"default": {"size": 2, "max_restarts": 50, "max_seconds": 5.0}}, actor_system=asys)
+        rt.start()
+        try:
+            yield asys, rt
+        finally:
+            ours = rt.pids()
+            rt.shutdown()
+            assert not wait_pids_gone(ours, timeout=10), "Slither's processes outlived shutdown"
+            # The user's system is untouched: an actor of its own still answers.
+            req = asys.createActor(Requester)
+            assert asys.ask(req, "ping", 10)[0] == "pong"
+    finally:
+        asys.shutdown()
+
+
+def drive(asys, rt, dispatch, grants=None, feed=None, timeout=30.0):
+    """Be the requester of ``dispatch`` from a private endpoint of the user's system,
+    sending Demand and Feed through ``rt.address`` (which passes them to the runner).
+
+    grants(seq): how much to grant after each Results (default 1). feed: payloads
+    to stream when ``dispatch.items`` is None, within the credit granted. Returns
+    (the Results, the final message, the high mark of Results beyond the demand).
+    """
+    grants = grants or (lambda seq: 1)
+    granted, over, results = dispatch.demand, 0, []
+    pending = list(feed or [])
+    with asys.private() as p:
+        p.tell(rt.address, dispatch)
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = p.listen(max(0.0, deadline - time.monotonic()))
+            assert msg is not None, f"no answer within {timeout}s ({len(results)} results so far)"
+            if isinstance(msg, Results):
+                results.append(msg)
+                over = max(over, len(results) - granted)
+                n = grants(msg.seq)
+                if n:
+                    granted += n
+                    p.tell(rt.address, Demand(dispatch.ref, n))
+            elif isinstance(msg, Credit):
+                chunk, pending[:] = pending[: msg.n], pending[msg.n :]
+                p.tell(rt.address, Feed(dispatch.ref, chunk, last=not pending))
+            elif isinstance(msg, (DispatchDone, DispatchFailed)):
+                return results, msg, over
+
+
+def payloads(results):
+    return [i.payload for r in results for i in r.items]
+
+
+# -- the protocol ----------------------------------------------------------------------
+
+
+def test_an_actor_dispatches_and_keeps_answering_while_the_work_runs(app):
+    asys, rt = app
+    req = asys.createActor(Requester)
+    asys.tell(req, Go(rt.address, Dispatch("job", list(range(200)), "actorfns:slow_inc", batch_size=10, demand=2)))
+    seen = []
+    while True:
+        msg = asys.listen(30)
+        assert msg is not None
+        seen.append(msg)
+        if msg[0] == "first":
+            asys.tell(req, "ping")  # mid-dispatch: its message loop must still answer
+        if msg[0] in ("done", "failed"):
+            break
+    pongs = [m for m in seen if m[0] == "pong"]
+    assert pongs and pongs[0][1] is True and 0 < pongs[0][2] < 200, pongs
+    assert seen.index(pongs[0]) < len(seen) - 1  # answered before the dispatch finished
+    done = seen[-1]
+    assert done[0] == "done", done
+    assert done[2] == [x + 1 for x in range(200)]  # "preserve": Results in input order
+    assert done[3]["items"] == 200 and done[3]["pid"] not in (os.getpid(), pongs[0][3])
+
+
+def test_the_tree_answers_to_the_global_name_slither(app):
+    asys, rt = app
+    found = asys.createActor("slither._actors.RootSupervisor", globalName="slither")
+    assert found == rt.address
+    results, end, _ = drive(asys, rt, Dispatch("g", [1, 2, 3], "actorfns:inc", demand=5))
+    assert isinstance(end, DispatchDone) and payloads(results) == [2, 3, 4]
+
+
+def test_results_come_from_the_runner_and_demand_goes_back_to_it(app):
+    asys, rt = app
+    with asys.private() as p:
+        p.tell(rt.address, Dispatch("direct", list(range(30)), "actorfns:inc", batch_size=10, demand=1))
+        first = p.listen(30)
+        assert isinstance(first, Results) and first.seq == 0
+        assert p.listen(0.3) is None  # demand 1: nothing more until more is granted
+        # The runner is a child of the dispatch supervisor, in a process of its own.
+        [dsup] = [c for c in asys.ask(rt.address, WhichChildren(), 10) if c.id == "dispatch"]
+        [runner] = [c for c in asys.ask(dsup.address, WhichChildren(), 10)]
+        assert runner.pid and runner.pid != os.getpid()
+        p.tell(runner.address, Demand("direct", 5))  # straight to the runner this time
+        rest = [p.listen(30) for _ in range(3)]
+    assert [type(m) for m in rest] == [Results, Results, DispatchDone]
+    assert payloads([first, *rest[:2]]) == list(range(1, 31))
+
+
+def test_bad_options_are_refused_in_the_sender_with_dispatchs_messages():
+    with pytest.raises(ConfigurationError, match="ordering"):
+        Dispatch("x", [1], "actorfns:inc", ordering="sideways")
+    with pytest.raises(ConfigurationError, match="no module named 'no_such_mod'"):
+        Dispatch("x", [1], "no_such_mod:f")
+    with pytest.raises(ConfigurationError, match="demand"):
+        Dispatch("x", [1], "actorfns:inc", demand=-1)
+    with pytest.raises(ConfigurationError, match="Demand: n"):
+        Demand("x", 0)
+
+
+def test_a_failing_batch_fails_the_dispatch_with_the_workers_traceback(app):
+    asys, rt = app
+    results, end, _ = drive(asys, rt, Dispatch("bad", list(range(40)), "actorfns:boom_at_13", batch_size=10, demand=8))
+    assert isinstance(end, DispatchFailed) and isinstance(end.reason, WorkerError)
+    assert "thirteen" in str(end.reason) and "boom_at_13" in end.reason.remote_traceback
+    assert payloads(results) == list(range(10))  # the batch before it; nothing after a halt
+
+
+def test_skip_and_lambdas_travel(app):
+    asys, rt = app
+    d = Dispatch("skip", list(range(30)), lambda xs: [1 // (x - 13) for x in xs], batch_size=5, on_error="skip", demand=10)
+    results, end, _ = drive(asys, rt, d)
+    assert isinstance(end, DispatchDone)
+    items = [i for r in results for i in r.items]
+    assert len(items) == 30 and [i.id for i in items] == sorted(i.id for i in items)
+    assert [i.payload for i in items if i.meta.get("skipped")] == [10, 11, 12, 13, 14]  # the batch with 13
+    assert isinstance(items[12].meta["error"], WorkerError)
+
+
+def test_cancel_stops_a_dispatch_and_the_next_one_runs(app):
+    asys, rt = app
+    with asys.private() as p:
+        p.tell(rt.address, Dispatch("c", list(range(100)), "actorfns:hang", batch_size=10, timeout=None, demand=4))
+        p.tell(rt.address, Cancel("c"))  # through the front door: it finds the runner
+        end = p.listen(30)
+    assert isinstance(end, DispatchFailed) and isinstance(end.reason, DispatchCancelled)
+    results, end, _ = drive(asys, rt, Dispatch("after-cancel", list(range(20)), "actorfns:inc", demand=4))
+    assert isinstance(end, DispatchDone) and payloads(results) == list(range(1, 21))
+
+
+# -- demand and credit -----------------------------------------------------------------
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    batch_size=st.integers(1, 6),
+    n=st.integers(0, 60),
+    demand=st.integers(0, 3),
+    max_in_flight=st.integers(1, 4),
+    schedule=st.lists(st.integers(0, 3), max_size=8),
+)
+def test_demand_bounds_results_and_the_input_read(app, batch_size, n, demand, max_in_flight, schedule):
+    """Never more Results than granted; a requester that grants no more leaves the
+    input unread beyond the window; once it grants again, every item comes back once."""
+    asys, rt = app
+    ref = ("prop", time.monotonic_ns())
+    d = Dispatch(ref, None, "actorfns:inc", batch_size=batch_size, demand=demand, max_in_flight=max_in_flight)
+    fed, pending = 0, list(range(n))
+    granted, results, over, consumed = demand, [], 0, 0
+    grants = iter(schedule)
+    with asys.private() as p:
+        p.tell(rt.address, d)
+        runner, done = None, None
+        while done is None:
+            msg = p.listen(0.3)
+            if msg is None:  # quiet: the runner waits for demand (or for input)
+                # Consumed input: credit given back. Window: what is sent, one batch
+                # held waiting for demand, and max_in_flight batches in the window.
+                assert consumed <= (granted + 1 + max_in_flight) * batch_size
+                assert runner is not None
+                granted += 1000
+                p.tell(runner, Demand(ref, 1000))
+                continue
+            runner = rt.address  # Demand and Feed through the front door, which passes them on
+            if isinstance(msg, Credit):
+                if fed:  # after the first grant, credit is given back for what was taken
+                    consumed += msg.n
+                chunk, pending = pending[: msg.n], pending[msg.n :]
+                fed += len(chunk)
+                p.tell(runner, Feed(ref, chunk, last=not pending))
+            elif isinstance(msg, Results):
+                results.append(msg)
+                over = max(over, len(results) - granted)
+                g = next(grants, 0)
+                if g:
+                    granted += g
+                    p.tell(runner, Demand(ref, g))
+            elif isinstance(msg, (DispatchDone, DispatchFailed)):
+                done = msg
+    assert over <= 0
+    assert isinstance(done, DispatchDone), done
+    assert sorted(payloads(results)) == [x + 1 for x in range(n)]  # each exactly once
+    assert [r.seq for r in results] == list(range(len(results)))
+
+
+# -- faults ----------------------------------------------------------------------------
+
+
+def test_a_sigkilled_runner_reaches_its_requester_and_the_next_dispatch_gets_a_new_one(app):
+    asys, rt = app
+    with asys.private() as p:
+        p.tell(rt.address, Dispatch("k", list(range(400)), "actorfns:slow_inc", batch_size=10, demand=1))
+        first = p.listen(30)
+        assert isinstance(first, Results)
+        [dsup] = [c for c in p.ask(rt.address, WhichChildren(), 10) if c.id == "dispatch"]
+        [runner] = p.ask(dsup.address, WhichChildren(), 10)
+        info = p.ask(dsup.address, AwaitChild(runner.id), 10)  # its pid, once it reported one
+        t0 = time.monotonic()
+        os.kill(info.pid, signal.SIGKILL)
+        end = p.listen(30)
+        waited = time.monotonic() - t0
+    assert isinstance(end, DispatchFailed) and isinstance(end.reason, RunnerDied), end
+    assert end.reason.pid == info.pid and end.reason.signal == signal.SIGKILL
+    assert "SIGKILL" in str(end.reason) and waited < 5
+    results, end, _ = drive(asys, rt, Dispatch("k2", list(range(50)), "actorfns:inc", batch_size=10, demand=5))
+    assert isinstance(end, DispatchDone) and payloads(results) == list(range(1, 51))
+    assert end.stats["pid"] != info.pid
+
+
+def test_a_sigkilled_worker_under_a_runner_loses_nothing_with_retry(app):
+    asys, rt = app
+    d = Dispatch("w", list(range(300)), "actorfns:slow_inc", batch_size=10, demand=30, on_error=slither.Retry(max_attempts=4))
+    with asys.private() as p:
+        p.tell(rt.address, d)
+        got = [p.listen(30)]
+        assert isinstance(got[0], Results)
+        victim = rt.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        while not isinstance(got[-1], (DispatchDone, DispatchFailed)):
+            msg = got[-1]
+            if isinstance(msg, Results):
+                p.tell(rt.address, Demand("w", 1))
+            got.append(p.listen(30))
+            assert got[-1] is not None
+    assert isinstance(got[-1], DispatchDone), got[-1]
+    results = [m for m in got if isinstance(m, Results)]
+    assert payloads(results) == [x + 1 for x in range(300)]
+    retried = [i for r in results for i in r.items if i.meta.get("attempts", 1) > 1]
+    assert retried  # the killed worker's batch ran again
+    assert not pid_alive(victim)
+
+
+def test_two_actors_and_a_script_share_one_pool(app):
+    asys, rt = app
+    a, b = asys.createActor(Requester), asys.createActor(Requester)
+    asys.tell(a, Go(rt.address, Dispatch("a", list(range(0, 300)), "actorfns:slow_inc", batch_size=10, demand=3)))
+    asys.tell(b, Go(rt.address, Dispatch("b", list(range(1000, 1300)), "actorfns:slow_inc", batch_size=10, demand=3)))
+    mine = rt.dispatch(range(5000, 5300), "actorfns:slow_inc", batch_size=10)  # beside them, in this thread
+    assert [i.payload for i in mine] == [x + 1 for x in range(5000, 5300)]
+    ends = {}
+    while len(ends) < 2:
+        msg = asys.listen(30)
+        assert msg is not None
+        if msg[0] in ("done", "failed"):
+            ends[msg[1]] = msg
+    assert ends["a"][0] == "done" and ends["a"][2] == [x + 1 for x in range(0, 300)]
+    assert ends["b"][0] == "done" and ends["b"][2] == [x + 1 for x in range(1000, 1300)]
