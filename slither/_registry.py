@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import multiprocessing
+import multiprocessing.util
+import os
 import weakref
 from collections.abc import Callable
 
@@ -20,6 +23,19 @@ def _shutdown_all() -> None:
             rt.shutdown()
         except Exception:  # noqa: BLE001 - best effort at interpreter exit
             pass
+
+
+_finalizing: set[int] = set()  # pids in which _shutdown_all is registered with multiprocessing
+
+
+def shut_down_at_exit() -> None:
+    """Also shut this process's runtimes down when it is a ``multiprocessing`` child (a
+    Thespian actor process, say), which ends through ``os._exit`` after its finalizers
+    and never runs ``atexit``: a runtime started inside an actor then stops with it."""
+    pid = os.getpid()
+    if pid not in _finalizing and multiprocessing.parent_process() is not None:
+        _finalizing.add(pid)
+        multiprocessing.util.Finalize(None, _shutdown_all, exitpriority=100)
 
 
 _resolver: Callable | None = None

@@ -243,7 +243,13 @@ def serve(
         sock = _net.connect(tuple(hub_tcp), _net.MEMBER.secret)  # a member's worker: the network path
         token = ""  # the handshake authenticated us; the token is for the leader's Unix sockets only
     else:
-        sock = _wire.connect(hub_path, timeout=10)
+        try:
+            sock = _wire.connect(hub_path, timeout=10)
+        except (ConnectionRefusedError, FileNotFoundError):
+            # The hub is gone: its runtime's process ended (an actor process that exited with
+            # its actor system, say) and the root is about to stop the tree. Nothing to serve.
+            os._exit(0) if not in_process else None
+            return
     lock = threading.Lock()
 
     def send(chunks) -> None:

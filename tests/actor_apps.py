@@ -39,3 +39,18 @@ class Requester(Actor):
             self.send(self.report, ("failed", msg.ref, msg.reason))
         elif msg == "ping":
             self.send(sender, ("pong", getattr(self, "active", False), len(getattr(self, "got", ())), os.getpid()))
+
+
+def square(xs):
+    return [x * x for x in xs]
+
+
+class Blocking(Actor):
+    """Calls ``slither.dispatch`` the blocking way: a runtime of its own, in this actor's process."""
+
+    def receiveMessage(self, msg, sender):
+        if msg == "go":
+            import slither
+
+            out = slither.dispatch(range(10), "actor_apps:square")
+            self.send(sender, ([i.payload for i in out], slither.runtime().pids()))

@@ -5,8 +5,11 @@ Every test runs real processes: the user's admin and actors, Slither's superviso
 a ``DispatchRunner`` process per dispatch, and the pool's worker processes.
 """
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -298,3 +301,28 @@ def test_two_actors_and_a_script_share_one_pool(app):
             ends[msg[1]] = msg
     assert ends["a"][0] == "done" and ends["a"][2] == [x + 1 for x in range(0, 300)]
     assert ends["b"][0] == "done" and ends["b"][2] == [x + 1 for x in range(1000, 1300)]
+
+
+# -- a runtime started inside an actor -------------------------------------------------
+
+BLOCKING = """
+import json, sys
+from thespian.actors import ActorSystem
+from slither._sys import free_port
+asys = ActorSystem("multiprocTCPBase", {"Admin Port": free_port()}, transientUnique=True)
+a = asys.createActor("actor_apps.Blocking")
+values, pids = asys.ask(a, "go", 60)
+asys.shutdown()
+print(json.dumps({"values": values, "pids": pids}))
+"""
+
+
+def test_a_runtime_started_inside_an_actor_stops_with_the_actor_system_quietly():
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", BLOCKING], capture_output=True, text=True, timeout=90, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["values"] == [x * x for x in range(10)]
+    assert out["pids"] and not wait_pids_gone(out["pids"], timeout=10)
+    assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr

@@ -37,7 +37,7 @@ from slither import _store as store_mod
 from slither._actors import FRONT_DOOR, WatchCaller
 from slither._executor import Executor
 from slither._pool import Hub, Pool, retire
-from slither._registry import _current, _live
+from slither._registry import _current, _live, shut_down_at_exit
 from slither._runner import DispatchSupervisor, RunnerPlane
 from slither._runtime import pools as pool_start
 from slither._runtime import stop
@@ -146,6 +146,7 @@ class Runtime:
                 raise
             self._state = "running"
             _live.add(self)
+            shut_down_at_exit()
         return self
 
     def _start(self) -> None:
