@@ -1,23 +1,26 @@
-"""Use Slither's Supervisor in your own Thespian application, next to a pool.
+"""Slither inside your own Thespian application.
 
-The Supervisor restarts your actors with OTP semantics; a Slither Runtime in
-the same program gives you worker pools for the heavy lifting.
+Your actor system, your Supervisor; Slither's tree becomes one of its children,
+and your actors dispatch to it by message, without blocking their message loop.
+Run: ``python examples/embed_supervisor.py``.
 """
 
 import os
 import signal
-import socket
-import time
 
-from thespian.actors import ActorSystem
+from thespian.actors import Actor, ActorSystem
 
 import slither
-from slither import _thespian
-from slither.supervision import ChildSpec, SupervisedActor, Supervisor, SupervisorInit, WhichChildren
+from slither.actors import Demand, Dispatch, DispatchDone, DispatchFailed, Results, capabilities
+from slither.supervision import AwaitChild, ChildSpec, SupervisedActor, Supervisor, SupervisorInit, WhichChildren
+
+
+def square(xs):
+    return [x * x for x in xs]
 
 
 class Counter(SupervisedActor):
-    """A toy stateful actor. Its state is lost when it crashes: the supervisor restarts it fresh."""
+    """A stateful actor of yours. Its state is lost when it crashes: the supervisor restarts it fresh."""
 
     count = 0
 
@@ -27,39 +30,39 @@ class Counter(SupervisedActor):
             self.send(sender, self.count)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+class Squares(Actor):
+    """Asks Slither to square numbers; answers the total. Its loop stays free meanwhile."""
+
+    def receiveMessage(self, message, sender):
+        if isinstance(message, tuple) and message[0] == "squares":
+            _, slither_address, n = message
+            self.asker, self.total = sender, 0
+            self.send(slither_address, Dispatch("sq", list(range(n)), square, batch_size=100, demand=4))
+        elif isinstance(message, Results):
+            self.total += sum(i.payload for i in message.items)
+            self.send(sender, Demand(message.ref, 1))  # one more Results may come
+        elif isinstance(message, DispatchDone):
+            self.send(self.asker, self.total)
+        elif isinstance(message, DispatchFailed):
+            self.send(self.asker, message.reason)
 
 
 if __name__ == "__main__":
-    asys = ActorSystem("multiprocTCPBase", {"Admin Port": free_port()}, logDefs=_thespian.QUIET_LOGDEFS, transientUnique=True)
+    asys = ActorSystem("multiprocTCPBase", capabilities(), transientUnique=True)
     try:
         sup = asys.createActor(Supervisor)
-        asys.ask(
-            sup,
-            SupervisorInit(strategy="one_for_one", max_restarts=5, max_seconds=10, children=(ChildSpec("counter", Counter),)),
-            5,
-        )
-        pid = None
-        deadline = time.monotonic() + 10
-        while pid is None and time.monotonic() < deadline:  # the child reports its pid asynchronously
-            [(cid, _, pid, restarts)] = asys.ask(sup, WhichChildren(), 5)
-            time.sleep(0.02)
-        print(f"child {cid} runs as pid {pid}; killing it")
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            [(cid, alive, new_pid, restarts)] = asys.ask(sup, WhichChildren(), 5)
-            if new_pid and new_pid != pid:
-                break
-            time.sleep(0.05)
-        print(f"restarted as pid {new_pid} (restarts: {restarts})")
+        init = SupervisorInit(strategy="one_for_one", max_restarts=5, max_seconds=10, children=(ChildSpec("counter", Counter),))
+        asys.ask(sup, init, 10)
+        with slither.Runtime(pools={"default": 2}, actor_system=asys, supervisor=sup) as rt:
+            print("your supervisor's children:", [c.id for c in asys.ask(sup, WhichChildren(), 10)])
 
-        with slither.Runtime(pools={"default": 2}) as rt:  # a pool beside your own actors
-            print("pool says:", [i.payload for i in rt.dispatch(range(4), lambda xs: [x * x for x in xs])])
+            counter = asys.ask(sup, AwaitChild("counter"), 10)  # running, with its pid
+            print(f"counter runs as pid {counter.pid}; killing it")
+            os.kill(counter.pid, signal.SIGKILL)
+            again = asys.ask(sup, AwaitChild("counter", restarts=counter.restarts + 1), 10)
+            print(f"restarted as pid {again.pid} (restarts: {again.restarts}); it counts from", asys.ask(again.address, "inc", 10))
+
+            squares = asys.createActor(Squares)
+            print("sum of squares below 10,000, by message:", asys.ask(squares, ("squares", rt.address, 10_000), 60))
     finally:
         asys.shutdown()

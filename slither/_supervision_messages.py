@@ -29,6 +29,8 @@ class ChildSpec:
         actor: the Thespian ``Actor`` subclass to create.
         init: a message sent to the child after each (re)start, or None.
         restart: ``"permanent"``, ``"transient"`` or ``"temporary"``.
+        requirements: Thespian ``targetActorRequirements`` (placement on a convention member).
+        global_name: a Thespian ``globalName`` for the child (unique in its actor system).
     """
 
     id: str
@@ -36,6 +38,7 @@ class ChildSpec:
     init: Any = None
     restart: str = attrs.field(default="permanent")
     requirements: Any = None  # Thespian targetActorRequirements: place the child on a matching convention member
+    global_name: str | None = None  # Thespian globalName: the child is also found by this name in its system
 
     @restart.validator
     def _check_restart(self, _attr, value):

@@ -5,8 +5,12 @@
     PoolSupervisor ── Worker actor (the nanny: a Thespian actor process)
                           │ fork, on its main thread
                           ▼
-                      worker process ── reader thread: frames → inbox
-                          main thread: runs batches in order, replies
+                      worker process ── reader thread per dispatcher: frames → one inbox
+                          main thread: runs batches in turn, replies on the socket each came by
+
+A worker serves its caller's hub and, told ``("join", path)``, every
+``DispatchRunner`` of its pool too (see ``slither._runner``): one connection
+and reader each. Only the caller's connection ending ends the worker.
 
 The nanny stays a Thespian actor, and is what the pool supervisor restarts.
 The worker it forks is an ordinary Python process: default dispositions for

@@ -1,7 +1,7 @@
 """Slither's message protocol, for Thespian actors that dispatch work (see docs/actors.md).
 
-An actor sends :class:`Dispatch` to ``Runtime.address`` (or to the global name
-``"slither"`` of the actor system). A ``DispatchRunner`` actor of its own
+An actor sends :class:`Dispatch` to ``Runtime.address``, or to the root found by
+its global name: ``self.createActor(RootSupervisor, globalName=ROOT_NAME)``. A ``DispatchRunner`` actor of its own
 answers, from its own address::
 
     requester                                   DispatchRunner (its own process)
@@ -34,9 +34,10 @@ from typing import Any
 import attrs
 import cloudpickle
 
+from slither._actors import RootSupervisor
 from slither._dispatch.options import check_dispatch, resolve_fn
 from slither._item import _EMPTY, Context, Item, _make
-from slither._sys import cheap_repr
+from slither._sys import cheap_repr, free_port
 from slither.errors import ConfigurationError, SlitherError
 
 
@@ -258,7 +259,19 @@ class Cancel:
     __repr__ = cheap_repr
 
 
+def capabilities(**extra) -> dict:
+    """Capabilities for a ``multiprocTCPBase`` ActorSystem of your own: a free admin port
+    (Thespian's default, 1900, is shared by every program on the host that uses it:
+    a second system there silently joins the first), plus ``extra``."""
+    return {"Admin Port": free_port(), **extra}
+
+
+ROOT_NAME = "slither"  # the global name of the root in its actor system
+
 __all__ = [
+    "ROOT_NAME",
+    "RootSupervisor",
+    "capabilities",
     "Dispatch",
     "Results",
     "Demand",

@@ -318,7 +318,7 @@ class Supervisor(Actor):
             return
         target, child.member = placed
         child.parked = False
-        child.address = self.createActor(child.spec.actor, targetActorRequirements=target)
+        child.address = self.createActor(child.spec.actor, targetActorRequirements=target, globalName=child.spec.global_name)
         child.pid = None
         child.normal_exit = False
         self.send(child.address, Identify())

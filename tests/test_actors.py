@@ -21,6 +21,7 @@ from thespian.actors import ActorSystem
 import slither
 from slither._sys import free_port, pid_alive
 from slither.actors import (
+    ROOT_NAME,
     Cancel,
     Credit,
     Demand,
@@ -30,6 +31,7 @@ from slither.actors import (
     DispatchFailed,
     Feed,
     Results,
+    RootSupervisor,
 )
 from slither.errors import ConfigurationError, RunnerDied, WorkerError
 from slither.supervision import AwaitChild, WhichChildren
@@ -120,7 +122,7 @@ def test_an_actor_dispatches_and_keeps_answering_while_the_work_runs(app):
 
 def test_the_tree_answers_to_the_global_name_slither(app):
     asys, rt = app
-    found = asys.createActor("slither._actors.RootSupervisor", globalName="slither")
+    found = asys.createActor(RootSupervisor, globalName=ROOT_NAME)
     assert found == rt.address
     results, end, _ = drive(asys, rt, Dispatch("g", [1, 2, 3], "actorfns:inc", demand=5))
     assert isinstance(end, DispatchDone) and payloads(results) == [2, 3, 4]

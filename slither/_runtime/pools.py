@@ -18,6 +18,7 @@ from slither._pool import Pool
 from slither._runtime.spec import PoolSpec, as_spec
 from slither._store import Store
 from slither._sys import free_port, node_key
+from slither.actors import ROOT_NAME
 from slither.cluster import Convention
 from slither.errors import ConfigurationError, RuntimeNotStarted
 from slither.supervision import (
@@ -133,12 +134,11 @@ def system_capabilities(rt) -> dict:
     return {"Admin Port": free_port()}
 
 
-ROOT_NAME = "slither"  # the root's global name in the actor system it runs in
-
-
-def check_embedding(actor_system, base: str, convention) -> None:
-    """``Runtime(actor_system=...)``: a multiprocTCPBase system, no convention of its own."""
+def check_embedding(actor_system, base: str, convention, supervisor=None) -> None:
+    """``Runtime(actor_system=..., supervisor=...)``: a multiprocTCPBase system, no convention of its own."""
     if actor_system is None:
+        if supervisor is not None:
+            raise ConfigurationError("supervisor: needs actor_system=, the system that supervisor runs in")
         return
     if not isinstance(actor_system, ActorSystem):
         raise ConfigurationError(f"actor_system: expected a thespian ActorSystem, got {type(actor_system).__name__}")
@@ -151,9 +151,18 @@ def check_embedding(actor_system, base: str, convention) -> None:
 def create_root(rt):
     """The root supervisor, under the global name ``"slither"`` of its system. In a user's
     system that already runs one, a second runtime's root gets no name (and is told apart
-    by its children: a fresh root has none)."""
+    by its children: a fresh root has none). With ``supervisor=``, a temporary child of
+    that supervisor (of the user's), with no global name."""
     if rt.base == "simpleSystemBase":
         return rt._asys.createActor(RootSupervisor)
+    if rt._supervisor is not None:  # the root is a temporary child of the user's own Supervisor
+        # No global name here: Thespian hands back an existing actor of that name instead
+        # of creating one, and the supervisor would then own another runtime's root.
+        spec = ChildSpec(f"slither-{rt.token[:8]}", RootSupervisor, restart="temporary")
+        started = rt._ask(rt._supervisor, StartChild(spec), ChildStarted)
+        if not isinstance(started, ChildStarted):
+            raise RuntimeError(f"your supervisor did not start Slither's root (got {started!r})")
+        return started.address
     root = rt._asys.createActor(RootSupervisor, globalName=ROOT_NAME)
     if rt._ask(root, WhichChildren(), list) not in ([], None):
         root = rt._asys.createActor(RootSupervisor)  # "slither" is taken by another runtime

@@ -66,6 +66,10 @@ class Runtime:
             is built inside it (its root under the global name ``"slither"``)
             instead of in a system of its own, and ``shutdown()`` stops the tree,
             never your system (see docs/actors.md).
+        supervisor: the address of a :class:`slither.Supervisor` of yours in
+            ``actor_system``: Slither's root becomes its ``temporary`` child
+            (stopped with it; a crashed tree is replaced by a new Runtime, which
+            owns the caller's side of the pools). The root then has no global name.
 
     Methods are thread-safe. Use as a context manager, or ``start()`` /
     ``shutdown()``.
@@ -81,10 +85,12 @@ class Runtime:
         start_timeout: float = 30.0,
         convention=None,
         actor_system=None,
+        supervisor=None,
     ):
         self.pool_specs, self.store_classes = pool_start.check_runtime(pools, stores, base, convention)
-        pool_start.check_embedding(actor_system, base, convention)
+        pool_start.check_embedding(actor_system, base, convention, supervisor)
         self._embedded = actor_system
+        self._supervisor = supervisor
         self.convention = convention
         self._hub_tcp: tuple | None = None
         self.base = base
