@@ -6,6 +6,7 @@ import attrs
 from thespian.actors import Actor
 
 from slither.actors import Demand, DispatchDone, DispatchFailed, Results
+from slither.supervision import SupervisedActor
 
 
 @attrs.frozen
@@ -54,3 +55,12 @@ class Blocking(Actor):
 
             out = slither.dispatch(range(10), "actor_apps:square")
             self.send(sender, ([i.payload for i in out], slither.runtime().pids()))
+
+
+class Counter(SupervisedActor):
+    count = 0
+
+    def on_message(self, message, sender):
+        if message == "inc":
+            self.count += 1
+            self.send(sender, self.count)

@@ -13,10 +13,10 @@ import sys
 import time
 
 import pytest
-from actor_apps import Go, Requester
+from actor_apps import Counter, Go, Requester
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from thespian.actors import ActorSystem
+from thespian.actors import ActorExitRequest, ActorSystem
 
 import slither
 from slither._sys import free_port, pid_alive
@@ -34,7 +34,7 @@ from slither.actors import (
     RootSupervisor,
 )
 from slither.errors import ConfigurationError, RunnerDied, WorkerError
-from slither.supervision import AwaitChild, WhichChildren
+from slither.supervision import AwaitChild, ChildSpec, Supervisor, SupervisorInit, WhichChildren
 from slither.testing import wait_pids_gone
 
 pytestmark = pytest.mark.timeout(120)
@@ -309,7 +309,7 @@ def test_two_actors_and_a_script_share_one_pool(app):
 
 BLOCKING = """
 import json, sys
-from thespian.actors import ActorSystem
+from thespian.actors import ActorExitRequest, ActorSystem
 from slither._sys import free_port
 asys = ActorSystem("multiprocTCPBase", {"Admin Port": free_port()}, transientUnique=True)
 a = asys.createActor("actor_apps.Blocking")
@@ -328,3 +328,48 @@ def test_a_runtime_started_inside_an_actor_stops_with_the_actor_system_quietly()
     assert out["values"] == [x * x for x in range(10)]
     assert out["pids"] and not wait_pids_gone(out["pids"], timeout=10)
     assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
+
+
+# -- inside the user's own supervisor ----------------------------------------------------
+
+
+def test_slithers_root_can_be_a_child_of_the_users_supervisor_and_children_are_awaited(app):
+    asys, _ = app
+    sup = asys.createActor(Supervisor)
+    asys.ask(sup, SupervisorInit(children=(ChildSpec("req", Requester),)), 10)
+    with slither.Runtime(pools={"default": 1}, actor_system=asys, supervisor=sup) as inner:
+        kids = asys.ask(sup, WhichChildren(), 10)
+        assert [c.id for c in kids][0] == "req" and kids[1].id.startswith("slither-")
+        assert kids[1].address == inner.address and kids[1].alive
+        root = asys.ask(sup, AwaitChild(kids[1].id), 10)
+        assert root.pid in inner.pids()
+        results, end, _ = drive(asys, inner, Dispatch("under-sup", [1, 2], "actorfns:inc", demand=2))
+        assert isinstance(end, DispatchDone) and payloads(results) == [2, 3]
+        ours = inner.pids()
+    assert not wait_pids_gone(ours, timeout=10)
+    assert [c.id for c in asys.ask(sup, WhichChildren(), 10)] == ["req"]  # temporary: gone with the runtime
+    asys.tell(sup, ActorExitRequest())
+
+
+def test_await_child_answers_after_the_next_restart_with_the_new_address(app):
+    asys, _ = app
+    sup = asys.createActor(Supervisor)
+    asys.ask(sup, SupervisorInit(children=(ChildSpec("c", Counter),)), 10)
+    first = asys.ask(sup, AwaitChild("c"), 10)
+    assert first.pid and first.restarts == 0 and first.address is not None
+    with asys.private() as p:
+        p.tell(sup, AwaitChild("c", restarts=1))  # asked before the crash: answered after the restart
+        os.kill(first.pid, signal.SIGKILL)
+        again = p.listen(10)
+    assert again.restarts == 1 and again.pid != first.pid and again.address != first.address
+    assert asys.ask(again.address, "inc", 10) == 1  # reachable at the address it gave
+    asys.tell(sup, ActorExitRequest())
+
+
+def test_the_embed_example_runs():
+    here = os.path.dirname(os.path.abspath(__file__))
+    example = os.path.join(os.path.dirname(here), "examples", "embed_supervisor.py")
+    proc = subprocess.run([sys.executable, example], capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert "restarted as pid" in proc.stdout and "333283335000" in proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
