@@ -41,8 +41,9 @@ First frame on the hub (a worker, a pool supervisor, a nanny)::
                                                 pool's workers: answered ("joined", local workers
                                                 told to join, PoolDown message or None); the
                                                 socket stays open, the caller forwards on it each
-                                                "exit" and "pool_down" of that pool, and its EOF
-                                                ends the registration
+                                                ("exit", "", pool, -1, pid, exitcode, fault) and
+                                                ("pool_down", "", pool, PoolDown message) of that
+                                                pool, and its EOF ends the registration
 
 Store client → server: ``(client id, seq, op)`` with ``op`` one of
 ``("put", table, key, value)``, ``("bulk", table, rows)``, ``("delete",
