@@ -20,24 +20,13 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 
 from _requester import BenchRequester  # noqa: E402
+from bench_dispatch import busy_2ms, tiny  # noqa: E402  (the same work as the dispatch bench)
 from thespian.actors import ActorExitRequest, ActorSystem  # noqa: E402
 
 import slither  # noqa: E402
-from slither._sys import free_port  # noqa: E402
-from slither.actors import Dispatch  # noqa: E402
+from slither.actors import Dispatch, capabilities  # noqa: E402
 
 WORKERS = 2
-
-
-def tiny(xs):
-    return [x * 1.5 + 2.0 for x in xs]
-
-
-def busy_2ms(xs):
-    t_end = time.perf_counter() + 0.002
-    while time.perf_counter() < t_end:
-        pass
-    return xs
 
 
 def busy_20ms(xs):
@@ -76,7 +65,7 @@ def medians(cases: dict, repeats: int) -> dict:
 
 def main(quick: bool) -> None:
     repeats = 3 if quick else 7
-    asys = ActorSystem("multiprocTCPBase", {"Admin Port": free_port()}, transientUnique=True)
+    asys = ActorSystem("multiprocTCPBase", capabilities(), transientUnique=True)
     try:
         with slither.Runtime(pools={"default": WORKERS}, actor_system=asys) as rt:
             rows = []

@@ -208,31 +208,31 @@ def test_demand_bounds_results_and_the_input_read(app, batch_size, n, demand, ma
     grants = iter(schedule)
     with asys.private() as p:
         p.tell(rt.address, d)
-        runner, done = None, None
+        heard, done = False, None  # Demand and Feed go through the front door, which passes them on
         while done is None:
             msg = p.listen(0.3)
             if msg is None:  # quiet: the runner waits for demand (or for input)
                 # Consumed input: credit given back. Window: what is sent, one batch
                 # held waiting for demand, and max_in_flight batches in the window.
                 assert consumed <= (granted + 1 + max_in_flight) * batch_size
-                assert runner is not None
+                assert heard  # the runner's first Credit came before it went quiet
                 granted += 1000
-                p.tell(runner, Demand(ref, 1000))
+                p.tell(rt.address, Demand(ref, 1000))
                 continue
-            runner = rt.address  # Demand and Feed through the front door, which passes them on
+            heard = True
             if isinstance(msg, Credit):
                 if fed:  # after the first grant, credit is given back for what was taken
                     consumed += msg.n
                 chunk, pending = pending[: msg.n], pending[msg.n :]
                 fed += len(chunk)
-                p.tell(runner, Feed(ref, chunk, last=not pending))
+                p.tell(rt.address, Feed(ref, chunk, last=not pending))
             elif isinstance(msg, Results):
                 results.append(msg)
                 over = max(over, len(results) - granted)
                 g = next(grants, 0)
                 if g:
                     granted += g
-                    p.tell(runner, Demand(ref, g))
+                    p.tell(rt.address, Demand(ref, g))
             elif isinstance(msg, (DispatchDone, DispatchFailed)):
                 done = msg
     assert over <= 0

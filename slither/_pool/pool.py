@@ -318,7 +318,7 @@ class Pool:
     def exited(self, pid: int, exitcode: int | None, fault: str) -> None:
         """A nanny's report of how worker ``pid`` ended (see ``slither._worker``)."""
         if self.runners:
-            self._tell_runners((_protocol.EXIT, "", self.name, -1, pid, exitcode, fault))
+            self._tell_runners(_protocol.exit_report("", self.name, -1, pid, exitcode, fault))
         with self.lock:
             victims = self.exits.reported(pid, exitcode, fault)
         if victims is not None:
