@@ -303,11 +303,14 @@ class _Job:
             self._put(Credit(ref, len(chunk)))
 
 
+_PLANES = itertools.count(1)  # a runner may own several planes (a pipe's pools)
+
+
 class _Plane:
     """A runner's data plane: its own hub and pool, the workers of the caller's pool joined to it."""
 
     def __init__(self, plane: RunnerPlane, name: str):
-        path = os.path.join(plane.directory, f"runner-{os.getpid()}.sock")
+        path = os.path.join(plane.directory, f"runner-{os.getpid()}-{next(_PLANES)}.sock")
         self.pool = Pool(name, 0)
         self.hub = Hub(path, plane.token, dict)
         self.hub.pools[name] = self.pool

@@ -10,6 +10,7 @@
     ├── PipeDefinitionError (TypeError)     a Pipe class is malformed
     ├── StageFailure                        an inline stage returned Fail(reason)
     ├── PipeFull                            submit_nowait on a full long-lived pipe
+    ├── PipeDown                            a long-lived pipe's runner exceeded its restart intensity
     ├── RunnerDied                          the DispatchRunner serving an actor's Dispatch died
     ├── StoreError                          a store write or reload failed
     │   ├── ViewNotFound (KeyError)
@@ -263,6 +264,25 @@ class PipeFull(SlitherError):
     """``PipeHandle.submit_nowait`` found the pipe full."""
 
 
+class PipeDown(SlitherError):
+    """A long-lived pipe's ``PipeRunner`` crashed more often than the pipe's restart
+    intensity allows (``start_pipe(restart=(max_restarts, max_seconds))``): the pipe's
+    equivalent of :class:`PoolDown`. ``submit`` and ``results()`` raise it at once.
+
+    Attributes:
+        pipe: the pipe's name (``start_pipe(name=...)``).
+        exitcode: how the last runner ended (negative: the signal), or None.
+    """
+
+    def __init__(self, pipe: str, message: str | None = None, exitcode: int | None = None):
+        super().__init__(message or f"pipe {pipe!r} is down: its runner exceeded the restart intensity")
+        self.pipe = pipe
+        self.exitcode = exitcode
+
+    def __reduce__(self):
+        return (type(self), (self.pipe, str(self), self.exitcode))
+
+
 class StoreError(SlitherError):
     """A store write, reload or read setup failed."""
 
@@ -296,6 +316,7 @@ __all__ = [
     "StoreError",
     "StageFailure",
     "PipeFull",
+    "PipeDown",
     "ViewNotFound",
     "ViewTimeout",
 ]

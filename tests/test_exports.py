@@ -22,6 +22,7 @@ PUBLIC = {
     "KeyPartition",
     "Pipe",
     "PipeDefinitionError",
+    "PipeDown",
     "PipeError",
     "PipeHandle",
     "PipeResult",

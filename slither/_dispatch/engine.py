@@ -110,6 +110,7 @@ class _Dispatch:
         self.cancelled = False
         self._q: queue.SimpleQueue | None = None  # the queue __iter__ waits on (cancel() wakes it)
         self.allow_idle = False  # pipe stages set it: their strategy may yield None for "no input yet"
+        self.wakeable = False  # ...and this: new input calls wake(), so an idle wait may block
         self._auto = self.strategy if type(self.strategy) is AutoBatch else None
         self._last_reply: dict = {}  # worker pid -> when its last reply came (AutoBatch)
 
@@ -232,6 +233,14 @@ class _Dispatch:
             if self.pool is not None:
                 self.pool.wake()  # a thread reading the pool's sockets looks at its queue
 
+    def wake(self) -> None:
+        """New input for a pipe stage: the thread waiting for its results takes it at once."""
+        q = self._q
+        if q is not None:
+            q.put(None)
+            if self.pool is not None:
+                self.pool.wake()  # a thread reading the pool's sockets looks at its queue
+
     # -- the loop ----------------------------------------------------------
     def __iter__(self) -> Iterator[list[Item]]:
         """Yield each batch's result Items (a list per batch), as the ordering allows."""
@@ -308,7 +317,7 @@ class _Dispatch:
     def _next_message(self, w: _Window):
         """The next reply for this dispatch (None after a slice of waiting), and the retries now due."""
         wait = max(0.0, w.retries[0][0] - time.monotonic()) if w.retries else None
-        if w.idle:
+        if w.idle and not self.wakeable:
             wait = 0.0
         # Sliced waits keep the caller responsive to signals (Ctrl-C) whatever the platform.
         timeout = 0.5 if wait is None else min(wait, 0.5)

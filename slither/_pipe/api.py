@@ -3,6 +3,7 @@ as long as you like (``start_pipe``: a :class:`PipeHandle`)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 
 from slither import telemetry
@@ -111,18 +112,62 @@ def stream_pipe(
 
 
 def start_pipe(
-    pipe, *, runtime=None, session_id: str | None = None, metadata: dict | None = None, max_pending: int = 10_000
+    pipe,
+    *,
+    runtime=None,
+    session_id: str | None = None,
+    metadata: dict | None = None,
+    max_pending: int = 10_000,
+    name: str | None = None,
+    restart=(3, 5.0),
 ) -> PipeHandle:
     """Start a long-lived pipe on the runtime; return its :class:`PipeHandle`.
 
+    The stages run in a ``PipeRunner`` process of their own, supervised: one that
+    crashes is restarted, and what it had not finished is run again (see
+    docs/pipe.md). ``restart=(max_restarts, max_seconds)`` is the pipe's restart
+    intensity: more restarts than that within that time and the handle raises
+    :class:`slither.PipeDown`. ``name`` names the pipe in the tree and in
+    ``status()`` (default: the pipe's ``pipe_name``, made unique).
+
     ``max_pending`` bounds inputs submitted whose results were not yet taken
     with ``results()``: past it, ``submit`` blocks. The runtime stops the
-    pipe at ``shutdown()``.
+    pipe at ``shutdown()``. With ``base="simpleSystemBase"`` (debugging) the
+    stages are threads of this process and nothing restarts them.
     """
     _check_pipe(pipe)
     rt = _rt(runtime)
-    if not isinstance(max_pending, int) or max_pending < 1:
+    if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 1:
         raise ConfigurationError(f"max_pending must be a positive int, got {max_pending!r}")
-    handle = PipeHandle(_PRIVATE, pipe, rt, session_id, metadata, max_pending)
+    intensity = check_restart(restart)
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigurationError(f"name must be a non-empty string, got {name!r}")
+    taken = {h.name for h in rt._pipes}
+    if name is None:
+        names = (pipe.pipe_name if k == 1 else f"{pipe.pipe_name}-{k}" for k in itertools.count(1))
+        name = next(n for n in names if n not in taken)
+    elif name in taken:
+        raise ConfigurationError(f"a pipe named {name!r} is already running on this runtime; give start_pipe another name=")
+    engine = rt._pipe_engine(pipe, name, session_id, metadata, max_pending, intensity)
+    handle = PipeHandle(_PRIVATE, pipe, rt, max_pending, engine, name)
     rt._pipes.append(handle)
     return handle
+
+
+def check_restart(restart) -> tuple[int, float]:
+    """``restart=(max_restarts, max_seconds)`` checked (a mapping with those keys works too)."""
+    if isinstance(restart, dict):
+        unknown = set(restart) - {"max_restarts", "max_seconds"}
+        if unknown:
+            raise ConfigurationError(f"restart: unknown keys {sorted(unknown)}; use max_restarts and max_seconds")
+        restart = (restart.get("max_restarts", 3), restart.get("max_seconds", 5.0))
+    ok = isinstance(restart, (tuple, list)) and len(restart) == 2
+    if ok:
+        n, secs = restart
+        ok = isinstance(n, int) and not isinstance(n, bool) and n >= 0
+        ok = ok and isinstance(secs, (int, float)) and not isinstance(secs, bool) and secs > 0
+    if not ok:
+        raise ConfigurationError(
+            f"restart must be (max_restarts, max_seconds): an int >= 0 and a number of seconds > 0, got {restart!r}"
+        )
+    return int(restart[0]), float(restart[1])

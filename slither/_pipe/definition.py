@@ -3,6 +3,8 @@ its policies, and the markers items carry through a run."""
 
 from __future__ import annotations
 
+import threading
+
 import attrs
 
 from slither._dispatch import Retry, Route, check_policy
@@ -46,9 +48,30 @@ class Pipe:
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
+        if _loading.active:
+            return  # cloudpickle makes the class first and fills it in after: load_pipe checks it
         if not cls.__dict__.get("pipe_name"):
             cls.pipe_name = cls.__name__
         _validate(cls)
+
+
+_loading = threading.local()
+_loading.active = False
+
+
+def load_pipe(blob: bytes):
+    """Unpickle what ``check_handlers_travel``'s caller sent (a pipe class travelling by value
+    is rebuilt empty, then filled in), then check the pipe as its class statement would."""
+    import cloudpickle
+
+    _loading.active = True
+    try:
+        value = cloudpickle.loads(blob)
+    finally:
+        _loading.active = False
+    pipe = value[0] if isinstance(value, tuple) else value
+    _validate(pipe)
+    return value
 
 
 def _validate(cls) -> None:
@@ -124,3 +147,38 @@ def _map_policy(policy, stage: str):
         out = policy.fn
         return Route(lambda item, reason: item.put_meta({_ROUTE: out, "error": reason, "stage": stage}))
     return policy
+
+
+def check_handlers_travel(pipe) -> None:
+    """A supervised pipe's code goes to its PipeRunner process with cloudpickle: by
+    reference when importable there, by value otherwise (``__main__``, a function's
+    body). Name the stage and the callable that cannot go.
+
+    Raises:
+        ConfigurationError: a handler, batch function, route predicate, policy or
+            store of the pipe cannot be pickled.
+    """
+    from slither._pickle import dumps_code
+
+    def check(what: str, obj) -> None:
+        try:
+            dumps_code(obj)
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigurationError(
+                f"pipe {pipe.pipe_name!r}: {what} {obj!r} cannot travel to the pipe's PipeRunner process "
+                f"(pickled with cloudpickle): {type(exc).__name__}: {exc}"
+            ) from exc
+
+    for st in pipe.stages:
+        for attr in ("handler", "batch_handler", "fn"):
+            if getattr(st, attr) is not None:
+                check(f"stage {st.name!r}: its {attr}", getattr(st, attr))
+        for k, (pred, out) in enumerate(st.routes):
+            check(f"stage {st.name!r}: route {k} (to {out!r}), its predicate", pred)
+        for key, value in st.options.items():
+            check(f"stage {st.name!r}: option {key}=", value)
+    for key, pol in pipe.on_error.items():
+        check(f"on_error[{key!r}]", pol)
+    for alias, s in pipe.stores.items():
+        check(f"stores[{alias!r}]", s)
+    check("the pipe class", pipe)

@@ -1,8 +1,18 @@
-"""A long-lived pipe's handle: submit with backpressure, take results, stop."""
+"""A long-lived pipe's handle: submit with backpressure, take results, stop.
+
+The handle owns what the caller sees: the slots (``max_pending``), the results
+not yet taken, the counts and the state. Where the pipe runs is its engine's
+business: :class:`LocalEngine` runs the stages as threads of this process (the
+in-process debugging base); ``slither._pipe_runner`` runs them in a supervised
+``PipeRunner`` process. An engine calls back :meth:`PipeHandle._deliver`,
+:meth:`PipeHandle._fanout` and :meth:`PipeHandle._ended`.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,55 +33,76 @@ class PipeHandle:
     what was submitted; ``stop(drain=False)`` abandons it.
     """
 
-    def __init__(self, _token, pipe, rt, session_id, metadata, max_pending: int):
+    def __init__(self, _token, pipe, rt, max_pending: int, engine, name: str | None = None):
         if _token is not _PRIVATE:
             raise TypeError("PipeHandle is created by Runtime.start_pipe()")
         self.pipe = pipe
+        self.name = name or pipe.pipe_name
         self._rt = rt
-        self._run = _Run(pipe, rt, session_id, metadata, out_maxsize=max_pending)
         self._slots = threading.BoundedSemaphore(max_pending)
         self._max_pending = max_pending
         self._lock = threading.Lock()
-        self._results: list = []
+        self._results: deque = deque()
         self._cv = threading.Condition(self._lock)
         self._state = "running"
-        self._collected = False  # set when the collector has taken the run's last result
+        self._error: BaseException | None = None
+        self._collected = False  # set when the engine has delivered the run's last result
         self._submitted = 0
         self._completed = 0
         self._seq = 0
         self._outstanding: dict[int, int] = {}  # input seq -> its results not yet taken
-        self._chunk: list = []
-        self._run.fanout = self._fanout
-        self._run.start(None)
-        self._pump = threading.Thread(target=self._collect, name=f"slither-pipe-{pipe.pipe_name}-results", daemon=True)
-        self._pump.start()
+        self._engine = engine
+        engine.start(self)
 
-    def _collect(self) -> None:
-        try:
-            for name, item in _collect(self._run):
-                seq = item.meta.get(_SEQ, (None,))[0]
-                with self._cv:
-                    self._results.append((name, _strip(item), seq))
-                    self._cv.notify_all()
-            final = "stopped"
-        except PipeError:
-            final = "failed"
+    # -- called by the engine ------------------------------------------
+    def _deliver(self, name: str, item: Item) -> None:
+        seq = item.meta.get(_SEQ, (None,))[0]
         with self._cv:
-            self._state = final
-            self._collected = True
+            self._results.append((name, _strip(item), seq))
             self._cv.notify_all()
 
+    def _fanout(self, key: tuple, extra: int) -> None:
+        """Input ``key[0]`` became ``extra + 1`` items more at a ``cardinality="many"`` stage."""
+        seq = key[0]
+        if extra > 0:
+            with self._lock:
+                if seq in self._outstanding:
+                    self._outstanding[seq] += extra
+        elif extra < 0:
+            self._taken(seq, -extra)  # fewer results than items: those never come
+
+    def _ended(self, state: str, error: BaseException | None = None) -> None:
+        """The engine delivered its last result: the pipe ``"stopped"`` or ``"failed"``."""
+        with self._cv:
+            if error is not None and self._error is None:
+                self._error = error
+            self._state = "failed" if self._error is not None else state
+            self._collected = True
+            self._cv.notify_all()
+        if self._error is not None:
+            self._wake_submitters()
+
+    def _wake_submitters(self) -> None:
+        # A submit blocked on a full pipe looks at the state again: release every slot.
+        for _ in range(self._max_pending):
+            try:
+                self._slots.release()
+            except ValueError:
+                break
+
+    # -- the caller's API --------------------------------------------------
     def submit(self, payload: Any, timeout: float | None = None) -> Item:
         """Feed one payload (or Item); blocks while the pipe is full.
 
         Raises:
             TimeoutError: still full after ``timeout`` seconds.
-            PipeError: the pipe failed. RuntimeError: it was stopped.
+            PipeError: the pipe failed. PipeDown: its runner crashed more often than
+            its restart intensity allows. RuntimeError: it was stopped.
         """
         if self._state != "running":
             self._raise_state()
         if not self._slots.acquire(timeout=timeout):
-            raise TimeoutError(f"pipe {self.pipe.pipe_name!r} stayed full for {timeout}s")
+            raise TimeoutError(f"pipe {self.name!r} stayed full for {timeout}s")
         return self._feed(payload)
 
     def submit_nowait(self, payload: Any) -> Item:
@@ -79,42 +110,51 @@ class PipeHandle:
         if self._state != "running":
             self._raise_state()
         if not self._slots.acquire(blocking=False):
-            raise PipeFull(f"pipe {self.pipe.pipe_name!r} is full ({self._max_pending} pending)")
+            raise PipeFull(f"pipe {self.name!r} is full ({self._max_pending} pending)")
         return self._feed(payload)
 
     def _feed(self, payload) -> Item:
+        if self._state != "running":  # it failed while this submit waited for a slot
+            self._raise_state()
         item = payload if isinstance(payload, Item) else Item.wrap(payload)
         with self._lock:
             seq = self._seq
             self._seq += 1
             self._submitted += 1
             self._outstanding[seq] = 1
-        tagged = item.put_meta({_SEQ: (seq,)})
-        if not self._run.put(self._run.inboxes[0], [tagged]):
-            self._raise_state()
+        try:  # outside the lock: a local engine's send blocks while its first inbox is full
+            self._engine.send(seq, item.put_meta({_SEQ: (seq,)}))
+        except BaseException:
+            with self._lock:  # not accepted: as if never submitted
+                self._outstanding.pop(seq, None)
+                self._submitted -= 1
+            self._slots.release()
+            raise
         return item
 
     def _raise_state(self):
-        if self._run.error is not None:
-            raise self._run.error
-        raise RuntimeError(f"pipe {self.pipe.pipe_name!r} is {self._state}")
+        if self._error is not None:
+            raise self._error
+        raise RuntimeError(f"pipe {self.name!r} is {self._state}")
 
     def results(self, timeout: float | None = None) -> Iterator[tuple[str, Item]]:
         """Yield ``(output, item)`` as they are ready, until the pipe stops.
 
         Raises ``TimeoutError`` when nothing arrives for ``timeout`` seconds,
-        and the pipe's ``PipeError`` if it failed.
+        and the pipe's ``PipeError`` (or ``PipeDown``) if it failed.
         """
         while True:
             with self._cv:
-                # "draining" is not the end: results keep coming until the collector finishes.
-                ok = self._cv.wait_for(lambda: self._results or self._collected or self._state == "stopped", timeout)
+                # "draining" is not the end: results keep coming until the engine ends.
+                ok = self._cv.wait_for(
+                    lambda: self._results or self._collected or self._error is not None or self._state == "stopped", timeout
+                )
                 if not ok:
-                    raise TimeoutError(f"no result from pipe {self.pipe.pipe_name!r} within {timeout}s")
+                    raise TimeoutError(f"no result from pipe {self.name!r} within {timeout}s")
                 if self._results:
-                    name, item, seq = self._results.pop(0)
-                elif self._state == "failed":
-                    raise self._run.error
+                    name, item, seq = self._results.popleft()
+                elif self._error is not None:
+                    raise self._error
                 else:
                     return
             self._taken(seq, 1)
@@ -128,15 +168,6 @@ class PipeHandle:
         """``async for name, item in handle.aresults()``: :meth:`results`, awaited."""
         return _aio.iterate([pair] for pair in self.results(timeout))
 
-    def _fanout(self, seq: int, extra: int) -> None:
-        """Input ``seq`` became ``extra + 1`` items at a ``cardinality="many"`` stage."""
-        if extra > 0:
-            with self._lock:
-                if seq in self._outstanding:
-                    self._outstanding[seq] += extra
-        elif extra < 0:
-            self._taken(seq, -extra)  # no result at all: the input is done
-
     def _taken(self, seq, n: int) -> None:
         """``n`` results of input ``seq`` are out: free its slot once they all are."""
         with self._lock:
@@ -148,17 +179,16 @@ class PipeHandle:
                 return
             del self._outstanding[seq]
             self._completed += 1
-        self._slots.release()
+        try:
+            self._slots.release()
+        except ValueError:
+            pass  # the slots were all released when the pipe failed
 
     def stop(self, drain: bool = True, timeout: float | None = 60.0) -> None:
         """Stop the pipe: with ``drain``, finish everything submitted first."""
         if self._state == "running":
             self._state = "draining" if drain else "stopping"
-        if drain:
-            self._run.put(self._run.inboxes[0], EOS)
-            self._pump.join(timeout)
-        self._run.cancel.set()
-        self._pump.join(5)
+        self._engine.stop(drain and self._error is None, timeout)
         with self._cv:
             if self._state in ("draining", "stopping", "running"):
                 self._state = "stopped"
@@ -167,17 +197,59 @@ class PipeHandle:
             self._rt._pipes.remove(self)
 
     def status(self) -> dict:
-        """``{"state", "submitted", "completed", "pending", "stages", "error"}``: ``completed``
-        counts inputs all of whose results were taken, ``pending`` the others."""
+        """``{"state", "submitted", "completed", "pending", "stages", "error", "runner_pid",
+        "restarts"}``: ``completed`` counts inputs all of whose results were taken,
+        ``pending`` the others; ``runner_pid`` is the process running the stages,
+        ``restarts`` how often it was restarted after a crash."""
         with self._lock:
-            return {
+            out = {
                 "state": self._state,
                 "submitted": self._submitted,
                 "completed": self._completed,
                 "pending": self._submitted - self._completed,
-                "stages": {k: dict(v) for k, v in self._run.stats.items()},
-                "error": self._run.error,
+                "error": self._error,
             }
+        out.update(self._engine.status())
+        return out
+
+
+class LocalEngine:
+    """The stages as threads of this process (the in-process debugging base)."""
+
+    def __init__(self, pipe, rt, session_id, metadata, max_pending: int):
+        self._run = _Run(pipe, rt, session_id, metadata, out_maxsize=max_pending)
+        self._handle: PipeHandle | None = None
+        self._pump: threading.Thread | None = None
+
+    def start(self, handle: PipeHandle) -> None:
+        self._handle = handle
+        self._run.fanout = handle._fanout
+        self._run.start(None)
+        self._pump = threading.Thread(target=self._collect, name=f"slither-pipe-{handle.name}-results", daemon=True)
+        self._pump.start()
+
+    def _collect(self) -> None:
+        try:
+            for name, item in _collect(self._run):
+                self._handle._deliver(name, item)
+        except PipeError as exc:
+            self._handle._ended("failed", exc)
+            return
+        self._handle._ended("stopped")
+
+    def send(self, seq: int, item: Item) -> None:
+        if not self._run.put(self._run.inboxes[0], [item]):
+            raise self._run.error or RuntimeError(f"pipe {self._handle.name!r} is stopped")
+
+    def stop(self, drain: bool, timeout: float | None) -> None:
+        if drain:
+            self._run.put(self._run.inboxes[0], EOS)
+            self._pump.join(timeout)
+        self._run.cancel.set()
+        self._pump.join(5)
+
+    def status(self) -> dict:
+        return {"stages": {k: dict(v) for k, v in self._run.stats.items()}, "runner_pid": os.getpid(), "restarts": 0}
 
 
 _PRIVATE = object()

@@ -42,6 +42,19 @@ from slither.errors import PipeError
 _STAGES = {"inline": stages.inline, "pool": stages.pool, "router": stages.router}
 
 
+class _Inbox(queue.Queue):
+    """A stage's inbox. A pool stage sets ``waker``: called after each put, it ends the
+    stage's wait for results so the new input is batched at once."""
+
+    waker: Callable[[], None] | None = None
+
+    def put(self, item, block=True, timeout=None):
+        super().put(item, block, timeout)
+        waker = self.waker
+        if waker is not None:
+            waker()
+
+
 class _Run:
     """One execution of a pipe: a feeder (or a handle), one thread per stage, an out queue."""
 
@@ -53,14 +66,14 @@ class _Run:
             ctx = attrs.evolve(ctx, session_id=session_id)
         self.ctx = ctx
         n = len(pipe.stages)
-        self.inboxes = [queue.Queue(maxsize=pipe.buffer) for _ in range(n)]
+        self.inboxes = [_Inbox(maxsize=pipe.buffer) for _ in range(n)]
         self.out = queue.Queue(maxsize=out_maxsize or pipe.buffer * 4)
         self.cancel = threading.Event()
         self.error: PipeError | None = None
         self.stats = {st.name: {"in": 0, "out": 0, "skipped": 0, "routed": 0, "seconds": 0.0} for st in pipe.stages}
         self.threads: list[threading.Thread] = []
         self._err_lock = threading.Lock()
-        self.fanout: Callable[[int, int], None] | None = None  # (input seq, results - 1) at a cardinality="many" stage
+        self.fanout: Callable[[tuple, int], None] | None = None  # (item's seq key, results - 1) at a cardinality="many" stage
 
     # -- plumbing ------------------------------------------------------
     def put(self, q: queue.Queue, msg) -> bool:

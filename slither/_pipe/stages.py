@@ -110,7 +110,7 @@ def _classify(run, st, item, res, fwd, direct, skipped, declared) -> None:
             return
         seq = item.meta.get(_SEQ, ())
         if run.fanout is not None and seq:
-            run.fanout(seq[0], len(res) - 1)  # a long-lived pipe's slots count inputs, not results
+            run.fanout(seq, len(res) - 1)  # a long-lived pipe's slots count inputs, not results
         for k, p in enumerate(res):
             fwd.append(Item.wrap(p).put_meta({**item.meta, _SEQ: seq + (k,)}))
     else:
@@ -161,8 +161,9 @@ def pool(run, i, st, nxt) -> None:
         max_in_flight=opts.pop("max_in_flight", 4),
         **opts,
     )
-    disp.allow_idle = True
+    disp.allow_idle = disp.wakeable = True
     batcher.run = disp
+    run.inboxes[i].waker = disp.wake  # a result and new input both end the stage's wait
     s = run.stats[st.name]
     t_last = time.monotonic()
     it = iter(disp)
@@ -220,7 +221,8 @@ class _Failed:
 class _InboxBatcher:
     """A pool stage's strategy: batches of up to ``size`` from whatever its inbox
     holds. Yields None ("no input yet") while the stage has batches in flight,
-    so their results are delivered without waiting for more input."""
+    so their results are delivered without waiting for more input; the dispatch
+    then waits for a result or for the inbox's wake-up, whichever comes first."""
 
     def __init__(self, run, inbox: queue.Queue, size: int, strategy=None):
         self.r = run
@@ -236,7 +238,10 @@ class _InboxBatcher:
             if not done:
                 busy = self.run is not None and self.run.in_flight > 0
                 try:
-                    chunk = self.inbox.get(timeout=0.005 if (busy or buf) else 0.1)
+                    if busy:  # no waiting here: the dispatch waits for results and new input alike
+                        chunk = self.inbox.get_nowait()
+                    else:
+                        chunk = self.inbox.get(timeout=0.005 if buf else 0.1)
                 except queue.Empty:
                     chunk = None
                 if self.r.cancel.is_set():

@@ -178,7 +178,8 @@ class Pool:
     # -- DispatchRunners (see slither._runner) -------------------------------
     def add_runner(self, path: str, sock: socket.socket) -> None:
         """A DispatchRunner listening at ``path`` wants this pool's workers: tell each local
-        one to join it, answer how many were told, and forward exits and PoolDown to it."""
+        one to join it, answer how many will (the pool's size while all are being restarted),
+        and forward exits and PoolDown to it."""
         touched: list = []
         with self.lock:
             conns = [c for c in self.scheduler.workers.values() if c.alive and not c.remote]
@@ -186,8 +187,11 @@ class Pool:
                 retire.send_control(self, conn, _protocol.join(path), touched)
             lock = threading.Lock()
             self.runners[path] = (sock, lock)
+            # None alive right now (all being restarted): the replacements join as they attach.
+            remote_only = not conns and any(c.remote for c in self.scheduler.workers.values())
+            count = len(conns) or (0 if remote_only else self.size)
             with lock:  # before any forward can reach it
-                _wire.send(sock, _protocol.joined(len(conns), str(self.down) if self.down is not None else None))
+                _wire.send(sock, _protocol.joined(count, str(self.down) if self.down is not None else None))
         self.sender.flush(touched)
 
     def remove_runner(self, path: str) -> None:

@@ -36,6 +36,7 @@ from slither import _aio, _dispatch, _pipe, _thespian, cluster
 from slither import _store as store_mod
 from slither._actors import FRONT_DOOR, WatchCaller
 from slither._executor import Executor
+from slither._pipe_runner import PIPES, PipeSupervisor, RemoteEngine
 from slither._pool import Hub, Pool, retire
 from slither._registry import _current, _live, shut_down_at_exit
 from slither._runner import DispatchSupervisor, RunnerPlane
@@ -109,6 +110,7 @@ class Runtime:
         self._capabilities: dict | None = None  # a convention leader's own
         self._replicas = None  # a joining runtime's store replica service
         self._pipes: list = []
+        self._pipe_sup = None  # the PipeSupervisor: long-lived pipes' runners
         self._state = "new"
         self._entered: list = []  # contextvars tokens of the with-blocks this runtime is current in
         self.token = secrets.token_hex(16)
@@ -193,6 +195,11 @@ class Runtime:
             spec = ChildSpec(FRONT_DOOR, DispatchSupervisor, init=plane)
             if not isinstance(self._ask(self._root, StartChild(spec), ChildStarted), ChildStarted):
                 raise RuntimeError("the dispatch supervisor did not start")
+            init = SupervisorInit(strategy="one_for_one", name=PIPES)  # each pipe has its own restart intensity
+            started = self._ask(self._root, StartChild(ChildSpec(PIPES, PipeSupervisor, init=init)), ChildStarted)
+            if not isinstance(started, ChildStarted):
+                raise RuntimeError("the pipe supervisor did not start")
+            self._pipe_sup = started.address
         if self.store_classes:
             store_mod.start_stores(
                 self.store_classes,
@@ -384,5 +391,11 @@ class Runtime:
         return _pipe.stream_pipe(pipe, items, runtime=self, **opts)
 
     def start_pipe(self, pipe, **opts):
-        """Start a long-lived, supervised pipe; returns a :class:`slither.pipe.PipeHandle`."""
+        """See :func:`slither.start_pipe`: a long-lived pipe in a supervised PipeRunner process;
+        returns its :class:`slither.PipeHandle`."""
         return _pipe.start_pipe(pipe, runtime=self, **opts)
+
+    def _pipe_engine(self, pipe, name, session_id, metadata, max_pending, restart):
+        if self._pipe_sup is None:  # simpleSystemBase: no processes of its own, the stages are threads here
+            return _pipe.LocalEngine(pipe, self, session_id, metadata, max_pending)
+        return RemoteEngine(self, pipe, name, session_id, metadata, max_pending, restart)
