@@ -11,7 +11,7 @@ import signal
 from thespian.actors import Actor, ActorSystem
 
 import slither
-from slither.actors import Demand, Dispatch, DispatchDone, DispatchFailed, Results, capabilities
+from slither.actors import Demand, Dispatch, DispatchDone, DispatchFailed, InOrder, Results, capabilities
 from slither.supervision import AwaitChild, ChildSpec, SupervisedActor, Supervisor, SupervisorInit, WhichChildren
 
 
@@ -36,15 +36,19 @@ class Squares(Actor):
     def receiveMessage(self, message, sender):
         if isinstance(message, tuple) and message[0] == "squares":
             _, slither_address, n = message
-            self.asker, self.total = sender, 0
+            self.asker, self.total, self.order = sender, 0, InOrder()
             self.send(slither_address, Dispatch("sq", list(range(n)), square, batch_size=100, demand=4))
-        elif isinstance(message, Results):
-            self.total += sum(i.payload for i in message.items)
+            return
+        if isinstance(message, Results):
             self.send(sender, Demand(message.ref, 1))  # one more Results may come
-        elif isinstance(message, DispatchDone):
-            self.send(self.asker, self.total)
-        elif isinstance(message, DispatchFailed):
-            self.send(self.asker, message.reason)
+        # Thespian may deliver a Results after DispatchDone: InOrder holds the end back until all came.
+        for msg in self.order(message):
+            if isinstance(msg, Results):
+                self.total += sum(i.payload for i in msg.items)
+            elif isinstance(msg, DispatchDone):
+                self.send(self.asker, self.total)
+            elif isinstance(msg, DispatchFailed):
+                self.send(self.asker, msg.reason)
 
 
 if __name__ == "__main__":
@@ -60,7 +64,9 @@ if __name__ == "__main__":
             print(f"counter runs as pid {counter.pid}; killing it")
             os.kill(counter.pid, signal.SIGKILL)
             again = asys.ask(sup, AwaitChild("counter", restarts=counter.restarts + 1), 10)
-            print(f"restarted as pid {again.pid} (restarts: {again.restarts}); it counts from", asys.ask(again.address, "inc", 10))
+            print(
+                f"restarted as pid {again.pid} (restarts: {again.restarts}); it counts from", asys.ask(again.address, "inc", 10)
+            )
 
             squares = asys.createActor(Squares)
             print("sum of squares below 10,000, by message:", asys.ask(squares, ("squares", rt.address, 10_000), 60))

@@ -3,15 +3,17 @@
 ::
 
     RootSupervisor            one_for_one; watches the caller's pid
+    ├── DispatchSupervisor     actors' Dispatch messages (slither._runner)
+    ├── PipeSupervisor         long-lived pipes' runners (slither._pipe_runner)
     ├── PoolSupervisor(p)      temporary child of the root; restart intensity per PoolSpec
     │   └── Worker × size      permanent; a nanny that forks the worker process and reaps it
     └── StoreSupervisor        one_for_one (see slither._store.service)
         └── StoreServer(S)     the single writer of store S
 
-Pipes run in the caller's process: a long-lived pipe's stages are threads
-there, and its pool stages use the pools above. Control (creation,
-restarts, exits) rides Thespian; batches and store writes ride Unix sockets
-(``slither._wire``).
+``run_pipe`` and ``stream_pipe`` run their stages as threads of the caller;
+a long-lived pipe's stages run in its PipeRunner. Control (creation,
+restarts, exits) rides Thespian; batches, pipe items and store writes ride
+Unix sockets (``slither._wire``).
 """
 
 from __future__ import annotations

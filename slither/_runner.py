@@ -95,7 +95,8 @@ class DispatchSupervisor(Supervisor):
 
     def _start_runner(self, d: Dispatch, requester) -> None:
         if self._plane is None:
-            self.send(requester, DispatchFailed(d.ref, RuntimeNotStarted("this runtime's dispatch supervisor is not ready")))
+            reason = RuntimeNotStarted("this runtime's dispatch supervisor is not ready")
+            self.send(requester, DispatchFailed(d.ref, reason, sent=0))
             return
         cid = f"dispatch:{next(self._ids)}"
         child = self._add(ChildSpec(cid, DispatchRunner, init=_Run(d, requester, self._plane), restart="temporary"))
@@ -219,6 +220,8 @@ class _Job:
         os.set_blocking(self._wake_w, False)
         self._credits = threading.Semaphore(run.dispatch.demand)
         self._fed: queue.SimpleQueue = queue.SimpleQueue()
+        self._held: dict[int, Feed] = {}  # Feeds that came before one with a lower seq
+        self._next_feed = 0
         self._stream = None
         self._cancelled = False
         self.finished = False  # read and set by the actor's thread only
@@ -232,6 +235,15 @@ class _Job:
         self._credits.release(n)
 
     def feed(self, msg: Feed) -> None:
+        if msg.seq is None:
+            self._apply(msg)
+            return
+        self._held[msg.seq] = msg  # Thespian may deliver Feeds out of order: apply them in seq order
+        while self._next_feed in self._held:
+            self._apply(self._held.pop(self._next_feed))
+            self._next_feed += 1
+
+    def _apply(self, msg: Feed) -> None:
         if msg.items:
             self._fed.put(msg.items)
         if msg.last:
@@ -286,11 +298,11 @@ class _Job:
                 DispatchDone(d.ref, {"items": items, "batches": batches, "seconds": time.monotonic() - t0, "pid": os.getpid()})
             )
         except DispatchError as exc:
-            self._put(DispatchFailed(d.ref, exc.reason, exc.batch_ref))
+            self._put(DispatchFailed(d.ref, exc.reason, exc.batch_ref, sent=batches))
         except Exception as exc:  # noqa: BLE001 - every failure reaches the requester
             if self._cancelled and not isinstance(exc, DispatchCancelled):
                 exc = DispatchCancelled(f"dispatch {d.ref!r} was cancelled")
-            self._put(DispatchFailed(d.ref, exc))
+            self._put(DispatchFailed(d.ref, exc, sent=batches))
 
     def _fed_items(self, ref):
         """The input of a streamed dispatch: what ``Feed`` brings, with credit given back

@@ -5,7 +5,7 @@ import os
 import attrs
 from thespian.actors import Actor
 
-from slither.actors import Demand, DispatchDone, DispatchFailed, Results
+from slither.actors import Demand, DispatchDone, DispatchFailed, InOrder, Results
 from slither.supervision import SupervisedActor
 
 
@@ -25,19 +25,22 @@ class Requester(Actor):
 
     def receiveMessage(self, msg, sender):
         if isinstance(msg, Go):
-            self.report, self.got, self.active = sender, [], True
+            self.report, self.got, self.active, self.order = sender, [], True, InOrder()
             self.send(msg.target, msg.dispatch)
-        elif isinstance(msg, Results):
-            self.got.extend(i.payload for i in msg.items)
-            if msg.seq == 0:
-                self.send(self.report, ("first", msg.ref))
-            self.send(sender, Demand(msg.ref, 1))
-        elif isinstance(msg, DispatchDone):
-            self.active = False
-            self.send(self.report, ("done", msg.ref, self.got, msg.stats))
-        elif isinstance(msg, DispatchFailed):
-            self.active = False
-            self.send(self.report, ("failed", msg.ref, msg.reason))
+        elif isinstance(msg, (Results, DispatchDone, DispatchFailed)):
+            if isinstance(msg, Results):
+                if msg.seq == 0:
+                    self.send(self.report, ("first", msg.ref))
+                self.send(sender, Demand(msg.ref, 1))
+            for m in self.order(msg):
+                if isinstance(m, Results):
+                    self.got.extend(i.payload for i in m.items)
+                elif isinstance(m, DispatchDone):
+                    self.active = False
+                    self.send(self.report, ("done", m.ref, self.got, m.stats))
+                else:
+                    self.active = False
+                    self.send(self.report, ("failed", m.ref, m.reason))
         elif msg == "ping":
             self.send(sender, ("pong", getattr(self, "active", False), len(getattr(self, "got", ())), os.getpid()))
 

@@ -5,6 +5,7 @@ Every test runs real processes: the user's admin and actors, Slither's superviso
 a ``DispatchRunner`` process per dispatch, and the pool's worker processes.
 """
 
+import itertools
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from thespian.actors import ActorExitRequest, ActorSystem
 
 import slither
+from slither import Item
 from slither._sys import free_port, pid_alive
 from slither.actors import (
     ROOT_NAME,
@@ -30,6 +32,7 @@ from slither.actors import (
     DispatchDone,
     DispatchFailed,
     Feed,
+    InOrder,
     Results,
     RootSupervisor,
 )
@@ -69,8 +72,9 @@ def drive(asys, rt, dispatch, grants=None, feed=None, timeout=30.0):
     (the Results, the final message, the high mark of Results beyond the demand).
     """
     grants = grants or (lambda seq: 1)
-    granted, over, results = dispatch.demand, 0, []
+    granted, over, results, arrived = dispatch.demand, 0, [], 0
     pending = list(feed or [])
+    order, feeds = InOrder(), itertools.count()
     with asys.private() as p:
         p.tell(rt.address, dispatch)
         deadline = time.monotonic() + timeout
@@ -78,17 +82,21 @@ def drive(asys, rt, dispatch, grants=None, feed=None, timeout=30.0):
             msg = p.listen(max(0.0, deadline - time.monotonic()))
             assert msg is not None, f"no answer within {timeout}s ({len(results)} results so far)"
             if isinstance(msg, Results):
-                results.append(msg)
-                over = max(over, len(results) - granted)
+                arrived += 1
+                over = max(over, arrived - granted)
                 n = grants(msg.seq)
                 if n:
                     granted += n
                     p.tell(rt.address, Demand(dispatch.ref, n))
             elif isinstance(msg, Credit):
                 chunk, pending[:] = pending[: msg.n], pending[msg.n :]
-                p.tell(rt.address, Feed(dispatch.ref, chunk, last=not pending))
-            elif isinstance(msg, (DispatchDone, DispatchFailed)):
-                return results, msg, over
+                p.tell(rt.address, Feed(dispatch.ref, chunk, last=not pending, seq=next(feeds)))
+                continue
+            for m in order(msg):
+                if isinstance(m, Results):
+                    results.append(m)
+                else:
+                    return results, m, over
 
 
 def payloads(results):
@@ -140,7 +148,9 @@ def test_results_come_from_the_runner_and_demand_goes_back_to_it(app):
         [runner] = [c for c in asys.ask(dsup.address, WhichChildren(), 10)]
         assert runner.pid and runner.pid != os.getpid()
         p.tell(runner.address, Demand("direct", 5))  # straight to the runner this time
-        rest = [p.listen(30) for _ in range(3)]
+        order = InOrder()
+        order(first)
+        rest = [m for _ in range(3) for m in order(p.listen(30))]
     assert [type(m) for m in rest] == [Results, Results, DispatchDone]
     assert payloads([first, *rest[:2]]) == list(range(1, 31))
 
@@ -204,8 +214,8 @@ def test_demand_bounds_results_and_the_input_read(app, batch_size, n, demand, ma
     ref = ("prop", time.monotonic_ns())
     d = Dispatch(ref, None, "actorfns:inc", batch_size=batch_size, demand=demand, max_in_flight=max_in_flight)
     fed, pending = 0, list(range(n))
-    granted, results, over, consumed = demand, [], 0, 0
-    grants = iter(schedule)
+    granted, results, over, consumed, arrived = demand, [], 0, 0, 0
+    grants, order, feeds = iter(schedule), InOrder(), itertools.count()
     with asys.private() as p:
         p.tell(rt.address, d)
         heard, done = False, None  # Demand and Feed go through the front door, which passes them on
@@ -225,20 +235,65 @@ def test_demand_bounds_results_and_the_input_read(app, batch_size, n, demand, ma
                     consumed += msg.n
                 chunk, pending = pending[: msg.n], pending[msg.n :]
                 fed += len(chunk)
-                p.tell(rt.address, Feed(ref, chunk, last=not pending))
-            elif isinstance(msg, Results):
-                results.append(msg)
-                over = max(over, len(results) - granted)
+                p.tell(rt.address, Feed(ref, chunk, last=not pending, seq=next(feeds)))
+                continue
+            if isinstance(msg, Results):
+                arrived += 1
+                over = max(over, arrived - granted)
                 g = next(grants, 0)
                 if g:
                     granted += g
                     p.tell(rt.address, Demand(ref, g))
-            elif isinstance(msg, (DispatchDone, DispatchFailed)):
-                done = msg
+            for m in order(msg):
+                if isinstance(m, Results):
+                    results.append(m)
+                else:
+                    done = m
     assert over <= 0
     assert isinstance(done, DispatchDone), done
     assert sorted(payloads(results)) == [x + 1 for x in range(n)]  # each exactly once
     assert [r.seq for r in results] == list(range(len(results)))
+
+
+# -- message order ----------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 12), failed=st.booleans(), data=st.data())
+def test_in_order_puts_any_arrival_order_back_in_the_protocols(n, failed, data):
+    """Thespian may deliver a runner's messages out of order: InOrder hands out the
+    Results in seq order, and the end only after every Results sent before it."""
+    sent = [Results("r", [Item(k, k)], k) for k in range(n)]
+    end = DispatchFailed("r", RuntimeError("x"), sent=n) if failed else DispatchDone("r", {"batches": n})
+    arrival = data.draw(st.permutations([*sent, end]))
+    order = InOrder()
+    out = []
+    for k, msg in enumerate(arrival):
+        out.extend(order(msg))
+        assert order.complete == (k == len(arrival) - 1)
+    assert out == [*sent, end]
+    assert order(DispatchFailed("r", RuntimeError("late"))) == []  # the first end stands
+    assert order(Credit("r", 3)) == [Credit("r", 3)]
+
+
+def test_feeds_that_arrive_out_of_order_are_applied_in_seq_order(app):
+    """The runner holds a Feed back until the ones with lower seq came: the input ends
+    with the last Feed in seq order, not with the last to arrive."""
+    asys, rt = app
+    d = Dispatch("feeds", None, "actorfns:inc", batch_size=4, demand=100)
+    feeds = [Feed("feeds", [k * 10 + j for j in range(10)], last=k == 2, seq=k) for k in range(3)]
+    with asys.private() as p:
+        p.tell(rt.address, d)
+        assert isinstance(p.listen(30), Credit)
+        for f in reversed(feeds):  # the last one first: it must not end the input
+            p.tell(rt.address, f)
+        order, out = InOrder(), []
+        while not order.complete:
+            msg = p.listen(30)
+            assert msg is not None
+            out.extend(order(msg) if not isinstance(msg, Credit) else [])
+    assert isinstance(out[-1], DispatchDone), out[-1]
+    assert payloads(out[:-1]) == [x + 1 for x in range(30)]
 
 
 # -- faults ----------------------------------------------------------------------------
@@ -270,16 +325,18 @@ def test_a_sigkilled_worker_under_a_runner_loses_nothing_with_retry(app):
     d = Dispatch("w", list(range(300)), "actorfns:slow_inc", batch_size=10, demand=30, on_error=slither.Retry(max_attempts=4))
     with asys.private() as p:
         p.tell(rt.address, d)
-        got = [p.listen(30)]
-        assert isinstance(got[0], Results)
+        order = InOrder()
+        msg = p.listen(30)
+        assert isinstance(msg, Results)
+        got = order(msg)
         victim = rt.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
-        while not isinstance(got[-1], (DispatchDone, DispatchFailed)):
-            msg = got[-1]
+        while not order.complete:
             if isinstance(msg, Results):
                 p.tell(rt.address, Demand("w", 1))
-            got.append(p.listen(30))
-            assert got[-1] is not None
+            msg = p.listen(30)
+            assert msg is not None
+            got.extend(order(msg))
     assert isinstance(got[-1], DispatchDone), got[-1]
     results = [m for m in got if isinstance(m, Results)]
     assert payloads(results) == [x + 1 for x in range(300)]
