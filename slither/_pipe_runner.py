@@ -399,6 +399,7 @@ class RemoteEngine:
         self._ready = threading.Event()
         self._over = threading.Event()  # the pipe ended: drained, failed or down
         self._gone = threading.Event()  # the current runner's link closed
+        self._eos = threading.Event()  # the runner drained: every input's results came
         self._start_error: BaseException | None = None
         self._runner_pid: int | None = None
         self._links = 0
@@ -502,6 +503,7 @@ class RemoteEngine:
                 elif kind == "eos":
                     if msg[1] is not None:
                         self._stats = msg[1]
+                    self._eos.set()
                     self._end("stopped")
                 elif kind == "failed":
                     if not self._ready.is_set():
@@ -564,19 +566,22 @@ class RemoteEngine:
             self._outgoing.append(blob)
             self._cv.notify_all()
 
-    def stop(self, drain: bool, timeout: float | None) -> None:
+    def stop(self, drain: bool, timeout: float | None) -> bool:
+        drained = False
         if drain and not self._over.is_set():
             with self._cv:
                 self._draining = True
                 self._outgoing.append(_END)
                 self._cv.notify_all()
             self._over.wait(timeout)
-            if self._over.is_set():
+            drained = self._eos.is_set()  # not a failure, nor another thread's stop(drain=False)
+            if drained:
                 self._gone.wait(5)  # the runner exits by itself once it has drained
         self._stop_runner()
         self._close()
         if not self._over.is_set():
             self._end("stopped")
+        return drained
 
     def _stop_runner(self) -> None:
         if self._rt._asys is not None:

@@ -6,7 +6,11 @@
     slither example NAME [--no-baseline] [--workers N] [--threads N] [--json PATH]
     slither example --all [--no-baseline] [--workers N] [--threads N] [--json PATH]
     slither baseline NAME|--all [--mode unsafe|safe|both] [--threads N]
+    slither serve mod:Pipe --source mod:fn --sink [OUTPUT=]mod:fn [--workers N] [--status-port P]
+    slither status PORT|HOST:PORT|URL [--json]
+    slither node --join HOST:PORT ...   (docs/cluster.md)
 
+``serve`` runs a long-lived pipe as a service (see ``slither._serve``).
 Each example prints a table: its wall time, Slither's speedup on each
 threaded baseline, and whether each one's checks passed; ``--all`` closes
 with a summary line, and ``--json`` writes the same figures for scripts.
@@ -221,6 +225,19 @@ def main(argv: list[str] | None = None) -> int:
     bl.add_argument("--all", action="store_true")
     bl.add_argument("--mode", choices=["unsafe", "safe", "both"], default="both")
     bl.add_argument("--threads", type=int, default=None, help="threads (default 2)")
+    sv = sub.add_parser("serve", help="run a long-lived pipe as a service (see docs/operations.md)")
+    sv.add_argument("pipe", help="module:PipeClass")
+    sv.add_argument("--source", required=True, help="module:callable returning the payloads (or a resumable Source)")
+    sv.add_argument("--sink", action="append", required=True, help="module:fn, or OUTPUT=module:fn; called as fn(output, item)")
+    sv.add_argument("--workers", type=int, default=2, help="size of the default pool (default 2)")
+    sv.add_argument("--pool", action="append", help="another pool, NAME=SIZE")
+    sv.add_argument("--max-pending", type=int, default=1000, help="inputs in the pipe at most (default 1000)")
+    sv.add_argument("--restart", default="3,5", help="the runner's restart intensity, MAX_RESTARTS,SECONDS (default 3,5)")
+    sv.add_argument("--drain-timeout", type=float, default=30.0, help="seconds a drain may take (default 30)")
+    sv.add_argument("--status-port", type=int, help="serve /status and /metrics on 127.0.0.1:PORT (0: any free port)")
+    stt = sub.add_parser("status", help="show a served pipe's status (its --status-port)")
+    stt.add_argument("address", help="PORT, HOST:PORT or a URL")
+    stt.add_argument("--json", action="store_true", help="the raw JSON")
     nd = sub.add_parser("node", help="run a member that joins a leader's convention (see docs/cluster.md)")
     nd.add_argument("--join", required=True, metavar="HOST:PORT", help="the leader's Convention.address")
     nd.add_argument("--secret-file", help="file holding the convention secret (default: $SLITHER_SECRET)")
@@ -243,6 +260,18 @@ def main(argv: list[str] | None = None) -> int:
         help="exit with an error if the leader has not accepted this member by then",
     )
     args = parser.parse_args(argv)
+    if args.command in ("serve", "status"):
+        from slither import _serve
+        from slither.errors import ConfigurationError
+
+        if args.command == "status":
+            return _serve.status_main(args)
+        if args.workers < 1 or args.max_pending < 1:
+            parser.error("--workers and --max-pending must be at least 1")
+        try:
+            return _serve.serve_main(args)
+        except ConfigurationError as exc:
+            parser.error(str(exc))
     if args.command == "node":
         if args.workers is not None and args.workers < 1:
             parser.error("--workers must be at least 1")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from slither import _aio
@@ -51,6 +51,7 @@ class PipeHandle:
         self._completed = 0
         self._seq = 0
         self._outstanding: dict[int, int] = {}  # input seq -> its results not yet taken
+        self._on_done: Callable[[int], None] | None = None  # slither serve: input seq's results all taken
         self._engine = engine
         engine.start(self)
 
@@ -128,6 +129,8 @@ class PipeHandle:
             with self._lock:  # not accepted: as if never submitted
                 self._outstanding.pop(seq, None)
                 self._submitted -= 1
+                if self._seq == seq + 1:
+                    self._seq = seq  # positions stay contiguous for a single submitter
             self._slots.release()
             raise
         return item
@@ -179,22 +182,29 @@ class PipeHandle:
                 return
             del self._outstanding[seq]
             self._completed += 1
+        if self._on_done is not None:
+            self._on_done(seq)
         try:
             self._slots.release()
         except ValueError:
             pass  # the slots were all released when the pipe failed
 
-    def stop(self, drain: bool = True, timeout: float | None = 60.0) -> None:
-        """Stop the pipe: with ``drain``, finish everything submitted first."""
+    def stop(self, drain: bool = True, timeout: float | None = 60.0) -> bool:
+        """Stop the pipe: with ``drain``, finish everything submitted first.
+
+        Returns True when the drain finished: every result of every input submitted
+        came out of the pipe (``results()`` still hands out those not taken yet).
+        """
         if self._state == "running":
             self._state = "draining" if drain else "stopping"
-        self._engine.stop(drain and self._error is None, timeout)
+        drained = self._engine.stop(drain and self._error is None, timeout)
         with self._cv:
             if self._state in ("draining", "stopping", "running"):
                 self._state = "stopped"
             self._cv.notify_all()
         if self in self._rt._pipes:
             self._rt._pipes.remove(self)
+        return bool(drained) and self._error is None
 
     def status(self) -> dict:
         """``{"state", "submitted", "completed", "pending", "stages", "error", "runner_pid",
@@ -241,12 +251,15 @@ class LocalEngine:
         if not self._run.put(self._run.inboxes[0], [item]):
             raise self._run.error or RuntimeError(f"pipe {self._handle.name!r} is stopped")
 
-    def stop(self, drain: bool, timeout: float | None) -> None:
+    def stop(self, drain: bool, timeout: float | None) -> bool:
+        drained = False
         if drain:
             self._run.put(self._run.inboxes[0], EOS)
             self._pump.join(timeout)
+            drained = not self._pump.is_alive()
         self._run.cancel.set()
         self._pump.join(5)
+        return drained
 
     def status(self) -> dict:
         return {"stages": {k: dict(v) for k, v in self._run.stats.items()}, "runner_pid": os.getpid(), "restarts": 0}
