@@ -58,6 +58,7 @@ class WorkerInit:
 
 
 FRONT_DOOR = "dispatch"  # the root's child that takes the messages it does not know (slither._runner)
+PIPES = "pipes"  # the root's child that supervises long-lived pipes' runners (slither._pipe_runner)
 
 
 @attrs.frozen(repr=False)
@@ -103,8 +104,10 @@ class RootSupervisor(Supervisor):
         super().receiveMessage(message, sender)
 
     def on_other_message(self, message, sender) -> None:
-        # An actor's slither.actors message (Runtime.address is this root's): on to the front door.
-        front = next((c.address for c in self._children if c.spec.id == FRONT_DOOR), None)
+        # An actor's slither.actors message (Runtime.address is this root's): a long-lived pipe's
+        # (it names the pipe) to the pipe supervisor, any other to the front door.
+        door = PIPES if isinstance(getattr(message, "pipe", None), str) else FRONT_DOOR
+        front = next((c.address for c in self._children if c.spec.id == door), None)
         if front is not None:
             self.send(front, Forwarded(message, sender))
 
@@ -245,6 +248,7 @@ _FAULT_MAX = 256 * 1024  # faulthandler's dump of every thread is a few KB
 
 __all__ = [
     "FRONT_DOOR",
+    "PIPES",
     "Forwarded",
     "RootSupervisor",
     "PoolSupervisor",

@@ -41,15 +41,18 @@ import time
 from collections import deque
 
 import attrs
+from loguru import logger
 from thespian.actors import ActorExitRequest, ThespianWatch, WatchMessage
 
 from slither import _pickle, _wire, telemetry
 from slither import _store as store
+from slither._actors import PIPES, Forwarded
 from slither._pipe import check_handlers_travel
 from slither._pipe.definition import _SEQ, EOS, load_pipe
 from slither._pipe.run import _Run
 from slither._runner import RunnerPlane, _child_process, _exitcode, _Plane
 from slither._sys import cheap_repr
+from slither.actors import PipeFailed
 from slither.errors import ConfigurationError, PipeDown, SerializationError
 from slither.supervision import (
     ChildSpec,
@@ -62,7 +65,6 @@ from slither.supervision import (
     Supervisor,
 )
 
-PIPES = "pipes"  # the root's child that supervises the pipes' runners
 _FORWARDED = [
     ("slither", "pipe", "stage", "stop"),
     ("slither", "pipe", "stage", "exception"),
@@ -127,6 +129,20 @@ class PipeSupervisor(Supervisor):
             _notify(init.link, ("down", init.token, msg, code))
             return
         super()._exited(address, lost)
+
+    def on_other_message(self, message, sender) -> None:
+        """An actor's Submit, Subscribe or Demand for a pipe: straight to the pipe's handle,
+        which owns the pipe's inputs (this address outlives every runner)."""
+        if isinstance(message, Forwarded):
+            message, sender = message.message, message.sender
+        name = getattr(message, "pipe", None)
+        child = next((c for c in self._children if c.spec.id == name and isinstance(c.spec.init, PipeInit)), None)
+        if child is None:
+            running = sorted(c.spec.id for c in self._children)
+            reason = ConfigurationError(f"no long-lived pipe named {name!r} runs on this runtime; running: {running}")
+            self.send(sender, PipeFailed(getattr(message, "ref", None), reason))
+            return
+        _notify(child.spec.init.link, ("actor", child.spec.init.token, message, sender))
 
     def _on_stop_child(self, message: StopChild, sender) -> None:
         self._times.pop(message.id, None)
@@ -444,6 +460,12 @@ class RemoteEngine:
                 self._down(PipeDown(self.name, first[2], first[3]))
             elif first[0] == "hello":
                 self._attach(s, first[2])
+            elif first[0] == "actor":
+                s.close()
+                try:
+                    self._handle._actor(first[2], first[3])
+                except Exception:  # noqa: BLE001 - one actor's bad message must not end the link
+                    logger.exception("pipe {!r}: an actor's message could not be handled", self.name)
 
     def _attach(self, s, pid: int) -> None:
         """A runner (the first, or one restarted after a crash) connected: it gets every

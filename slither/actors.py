@@ -197,10 +197,12 @@ def _results_of(ref, seq: int, ids: list, payloads: list) -> Results:
 
 @attrs.frozen(repr=False)
 class Demand:
-    """The requester grants ``n`` more ``Results`` messages."""
+    """The requester grants ``n`` more ``Results`` messages (or, with ``pipe`` set, a
+    long-lived pipe's subscriber grants ``n`` more ``Output`` messages)."""
 
     ref: Any
     n: int = attrs.field()
+    pipe: str | None = None
 
     @n.validator
     def _positive(self, _attr, value):
@@ -324,6 +326,72 @@ class Cancel:
     __repr__ = cheap_repr
 
 
+# -- long-lived pipes (Runtime.start_pipe(P, name=...)) --------------------------------
+
+
+def _check_pipe_name(_self, _attr, value) -> None:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"pipe must be the pipe's name (start_pipe(name=...)), got {value!r}")
+
+
+def _check_window(_self, _attr, value) -> None:
+    if type(value) is not int or value < 1:
+        raise ConfigurationError(f"window must be an int >= 1, got {value!r}")
+
+
+@attrs.frozen(repr=False)
+class Submit:
+    """Payloads (or Items) for the long-lived pipe named ``pipe``, sent to ``Runtime.address``.
+
+    The first ``Submit`` of a ``(sender, ref)`` is answered with ``Credit(ref, window)``:
+    that many of its payloads may be in the pipe at once. Each that comes out (all its
+    results delivered) gives its credit back. What the pipe accepted is never lost,
+    whatever happens to its runner (see docs/actors.md).
+    """
+
+    pipe: str = attrs.field(validator=_check_pipe_name)
+    ref: Any = None
+    payloads: list = attrs.field(factory=list, converter=list)
+    window: int = attrs.field(default=64, validator=_check_window)
+    __repr__ = cheap_repr
+    __deepcopy__ = _unpickled
+
+
+@attrs.frozen(repr=False)
+class Subscribe:
+    """Make the sender the subscriber of the pipe named ``pipe``: from now on every result
+    goes to it as ``Output`` messages (``results()`` of the handle gets none), at most
+    ``demand`` of them before it grants more with ``Demand(ref, n, pipe=...)``."""
+
+    pipe: str = attrs.field(validator=_check_pipe_name)
+    ref: Any = None
+    demand: int = attrs.field(default=8, validator=_check_window)
+    __repr__ = cheap_repr
+
+
+@attrs.frozen(repr=False)
+class Output:
+    """Results of a long-lived pipe for its subscriber: ``items`` left output ``output``
+    (``"skipped"`` for skipped ones). ``seq`` counts the Outputs from 0."""
+
+    ref: Any
+    output: str
+    items: list
+    seq: int
+    __repr__ = cheap_repr
+    __deepcopy__ = _unpickled
+
+
+@attrs.frozen(repr=False)
+class PipeFailed:
+    """The pipe a ``Submit``, ``Subscribe`` or ``Demand`` named is unknown, or it ended:
+    ``reason`` is a ``ConfigurationError``, ``PipeDown`` or ``PipeError``."""
+
+    ref: Any
+    reason: BaseException
+    __repr__ = cheap_repr
+
+
 def capabilities(**extra) -> dict:
     """Capabilities for a ``multiprocTCPBase`` ActorSystem of your own: a free admin port
     (Thespian's default, 1900, is shared by every program on the host that uses it:
@@ -347,4 +415,8 @@ __all__ = [
     "InOrder",
     "Cancel",
     "DispatchCancelled",
+    "Submit",
+    "Subscribe",
+    "Output",
+    "PipeFailed",
 ]

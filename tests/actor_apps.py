@@ -5,7 +5,7 @@ import os
 import attrs
 from thespian.actors import Actor
 
-from slither.actors import Demand, DispatchDone, DispatchFailed, InOrder, Results
+from slither.actors import Credit, Demand, DispatchDone, DispatchFailed, InOrder, Output, PipeFailed, Results, Submit, Subscribe
 from slither.supervision import SupervisedActor
 
 
@@ -67,3 +67,37 @@ class Counter(SupervisedActor):
         if message == "inc":
             self.count += 1
             self.send(sender, self.count)
+
+
+class PipeProducer(Actor):
+    """Feeds payloads 0..n-1 to a long-lived pipe within the credit it is given."""
+
+    def receiveMessage(self, msg, sender):
+        if isinstance(msg, tuple) and msg[0] == "produce":
+            _, self.target, self.pipe, self.n = msg
+            self.next, self.report = 0, sender
+            self.send(self.target, Submit(self.pipe, "prod", [], window=16))
+        elif isinstance(msg, Credit):
+            k = min(msg.n, self.n - self.next)
+            if k:
+                self.send(self.target, Submit(self.pipe, "prod", list(range(self.next, self.next + k))))
+                self.next += k
+        elif isinstance(msg, PipeFailed):
+            self.send(self.report, ("failed", msg.reason))
+
+
+class PipeSubscriber(Actor):
+    """Takes a long-lived pipe's results as Output messages, one Demand per Output."""
+
+    def receiveMessage(self, msg, sender):
+        if isinstance(msg, tuple) and msg[0] == "subscribe":
+            _, self.target, self.pipe, self.expect = msg
+            self.got, self.report = [], sender
+            self.send(self.target, Subscribe(self.pipe, "sub", demand=4))
+        elif isinstance(msg, Output):
+            self.got.extend((msg.output, i.payload) for i in msg.items)
+            self.send(self.target, Demand("sub", 1, pipe=self.pipe))
+            if len(self.got) >= self.expect:
+                self.send(self.report, ("got", list(self.got)))
+        elif isinstance(msg, PipeFailed):
+            self.send(self.report, ("failed", msg.reason))

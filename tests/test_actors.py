@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from actor_apps import Counter, Go, Requester
+from actor_apps import Counter, Go, PipeProducer, PipeSubscriber, Requester
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from thespian.actors import ActorExitRequest, ActorSystem
@@ -33,8 +33,10 @@ from slither.actors import (
     DispatchFailed,
     Feed,
     InOrder,
+    PipeFailed,
     Results,
     RootSupervisor,
+    Submit,
 )
 from slither.errors import ConfigurationError, RunnerDied, WorkerError
 from slither.supervision import AwaitChild, ChildSpec, Supervisor, SupervisorInit, WhichChildren
@@ -360,6 +362,61 @@ def test_two_actors_and_a_script_share_one_pool(app):
             ends[msg[1]] = msg
     assert ends["a"][0] == "done" and ends["a"][2] == [x + 1 for x in range(0, 300)]
     assert ends["b"][0] == "done" and ends["b"][2] == [x + 1 for x in range(1000, 1300)]
+
+
+# -- long-lived pipes, driven by actors ------------------------------------------------
+
+
+class Squares(slither.Pipe):
+    stages = [
+        slither.stage.inline("inc", handler=lambda item, ctx: item.payload + 1),
+        slither.stage.pool("square", fn="actorfns:square_all", batch_size=8),
+        slither.stage.router("size", routes=[(lambda i: i.payload > 10_000, "big")]),
+    ]
+    outputs = ["big"]
+
+
+def _until(cond, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.01)  # the handle's own counters are what is awaited
+
+
+def test_actors_submit_with_credit_and_subscribe_with_demand_and_a_killed_runner_loses_nothing(app):
+    asys, rt = app
+    h = rt.start_pipe(Squares, name="squares")
+    try:
+        n = 600
+        sub, prod = asys.createActor(PipeSubscriber), asys.createActor(PipeProducer)
+        with asys.private() as p:
+            p.tell(sub, ("subscribe", rt.address, "squares", n))
+            _until(lambda: h.status()["subscribed"], "the subscription reached the handle")
+            p.tell(prod, ("produce", rt.address, "squares", n))
+            _until(lambda: h.status()["submitted"] >= 100, "the producer's first payloads")
+            first = h.status()["runner_pid"]
+            os.kill(first, signal.SIGKILL)
+            report = p.listen(60)
+        status = h.status()
+    finally:
+        h.stop()
+    assert report is not None and report[0] == "got", report
+    got = report[1]
+    # Exactly once, each in its output, though the runner died under them.
+    assert sorted(x for _, x in got) == sorted((x + 1) ** 2 for x in range(n))
+    assert all((name == "big") == (x > 10_000) for name, x in got)
+    assert status["restarts"] >= 1 and status["runner_pid"] != first
+    # Credit came back as its payloads came out: with a window of 16, it fed all 600.
+    assert status["submitted"] == n and status["producers"] == 1
+
+
+def test_a_message_for_an_unknown_pipe_is_answered_with_pipe_failed(app):
+    asys, rt = app
+    with asys.private() as p:
+        p.tell(rt.address, Submit("no-such-pipe", "x", [1]))
+        msg = p.listen(30)
+    assert isinstance(msg, PipeFailed) and isinstance(msg.reason, ConfigurationError)
+    assert "no long-lived pipe named 'no-such-pipe'" in str(msg.reason)
 
 
 # -- a runtime started inside an actor -------------------------------------------------

@@ -20,6 +20,7 @@ from slither import _aio
 from slither._item import Item
 from slither._pipe.definition import _SEQ, EOS
 from slither._pipe.run import _collect, _Run, _strip
+from slither.actors import Credit, Output, PipeFailed, Submit, Subscribe
 from slither.errors import PipeError, PipeFull
 
 
@@ -52,6 +53,14 @@ class PipeHandle:
         self._seq = 0
         self._outstanding: dict[int, int] = {}  # input seq -> its results not yet taken
         self._on_done: Callable[[int], None] | None = None  # slither serve: input seq's results all taken
+        # Actors driving the pipe (slither.actors Submit / Subscribe / Demand, see _actor):
+        self._origin: dict[int, tuple] = {}  # input seq -> (producer, ref) of an actor's input
+        self._producers: dict[tuple, list] = {}  # (producer, ref) -> [window, in the pipe, credit owed, address, ref]
+        self._sub: tuple | None = None  # (subscriber, ref): it takes every result as Output messages
+        self._sub_demand = 0
+        self._sub_seq = 0
+        self._sub_buf: deque = deque()
+        self._sub_lock = threading.Lock()  # one thread sends Outputs at a time, in order
         self._engine = engine
         engine.start(self)
 
@@ -59,8 +68,83 @@ class PipeHandle:
     def _deliver(self, name: str, item: Item) -> None:
         seq = item.meta.get(_SEQ, (None,))[0]
         with self._cv:
-            self._results.append((name, _strip(item), seq))
-            self._cv.notify_all()
+            if self._sub is not None:
+                self._sub_buf.append((name, _strip(item), seq))
+            else:
+                self._results.append((name, _strip(item), seq))
+                self._cv.notify_all()
+                return
+        self._flush_outputs()
+
+    # -- actors: slither.actors messages, passed on by the PipeSupervisor ------------
+    def _actor(self, msg, sender) -> None:
+        ref = getattr(msg, "ref", None)
+        if self._error is not None or self._state not in ("running",):
+            self._rt._tell(sender, PipeFailed(ref, self._error or RuntimeError(f"pipe {self.name!r} is {self._state}")))
+            return
+        if isinstance(msg, Submit):
+            key = (str(sender), ref)  # Thespian's addresses do not hash; their text is unique
+            with self._lock:
+                new = key not in self._producers
+                if new:
+                    self._producers[key] = [msg.window, 0, 0, sender, ref]
+            if new:
+                self._rt._tell(sender, Credit(ref, msg.window))
+            for payload in msg.payloads:
+                self._feed_actor(payload, key)
+        elif isinstance(msg, Subscribe):
+            with self._cv:
+                self._sub = (sender, ref)
+                self._sub_demand = msg.demand
+                self._sub_seq = 0
+            self._flush_outputs()
+        elif getattr(msg, "n", None) is not None:  # Demand(ref, n, pipe=...)
+            with self._cv:
+                if self._sub is not None and self._sub[1] == ref:
+                    self._sub_demand += msg.n
+            self._flush_outputs()
+
+    def _feed_actor(self, payload, key) -> None:
+        item = payload if isinstance(payload, Item) else Item.wrap(payload)
+        with self._lock:
+            seq = self._seq
+            self._seq += 1
+            self._submitted += 1
+            self._outstanding[seq] = 1
+            self._origin[seq] = key
+            self._producers[key][1] += 1
+        self._engine.send(seq, item.put_meta({_SEQ: (seq,)}))
+
+    def _flush_outputs(self) -> None:
+        """Send the subscriber what its demand allows: an Output per run of one output's results."""
+        with self._sub_lock:
+            while True:
+                with self._cv:
+                    if self._sub is None or self._sub_demand <= 0 or not self._sub_buf:
+                        break
+                    name = self._sub_buf[0][0]
+                    batch = []
+                    while self._sub_buf and self._sub_buf[0][0] == name and len(batch) < 256:
+                        batch.append(self._sub_buf.popleft())
+                    self._sub_demand -= 1
+                    seq, self._sub_seq = self._sub_seq, self._sub_seq + 1
+                    sub, ref = self._sub
+                self._rt._tell(sub, Output(ref, name, [it for _, it, _ in batch], seq))
+                for _, _, s in batch:
+                    self._taken(s, 1)
+        self._give_credit()
+
+    def _give_credit(self) -> None:
+        """Credit back to producers: a quarter of their window at a time, or all once idle."""
+        due = []
+        with self._lock:
+            for p in self._producers.values():
+                window, inside, owed, producer, ref = p
+                if owed and (owed >= max(1, window // 4) or inside == 0):
+                    due.append((producer, ref, owed))
+                    p[2] = 0
+        for producer, ref, n in due:
+            self._rt._tell(producer, Credit(ref, n))
 
     def _fanout(self, key: tuple, extra: int) -> None:
         """Input ``key[0]`` became ``extra + 1`` items more at a ``cardinality="many"`` stage."""
@@ -82,6 +166,13 @@ class PipeHandle:
             self._cv.notify_all()
         if self._error is not None:
             self._wake_submitters()
+            self._tell_actors(self._error)
+
+    def _tell_actors(self, error: BaseException) -> None:
+        with self._lock:
+            actors = [(p[3], p[4]) for p in self._producers.values()] + ([self._sub] if self._sub is not None else [])
+        for addr, ref in actors:
+            self._rt._tell(addr, PipeFailed(ref, error))
 
     def _wake_submitters(self) -> None:
         # A submit blocked on a full pipe looks at the state again: release every slot.
@@ -161,6 +252,8 @@ class PipeHandle:
                 else:
                     return
             self._taken(seq, 1)
+            if self._producers:
+                self._give_credit()
             yield name, item
 
     async def asubmit(self, payload: Any, timeout: float | None = None) -> Item:
@@ -182,8 +275,15 @@ class PipeHandle:
                 return
             del self._outstanding[seq]
             self._completed += 1
+            key = self._origin.pop(seq, None)
+            if key is not None:  # an actor's input: its credit goes back, not a slot
+                p = self._producers[key]
+                p[1] -= 1
+                p[2] += 1
         if self._on_done is not None:
             self._on_done(seq)
+        if key is not None:
+            return
         try:
             self._slots.release()
         except ValueError:
@@ -218,6 +318,8 @@ class PipeHandle:
                 "completed": self._completed,
                 "pending": self._submitted - self._completed,
                 "error": self._error,
+                "subscribed": self._sub is not None,
+                "producers": len(self._producers),
             }
         out.update(self._engine.status())
         return out

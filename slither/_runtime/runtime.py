@@ -233,6 +233,12 @@ class Runtime:
                 reply = self._asys.listen(left)
             return reply
 
+    def _tell(self, addr, msg) -> None:
+        """Send an actor a message from this process (a long-lived pipe's Output and Credit)."""
+        with self._lock:
+            if self._asys is not None:
+                self._asys.tell(addr, msg)
+
     def wait_for_member(self, where: Mapping, timeout: float = 30.0) -> None:
         """Wait until a convention member (or this runtime) offers the capabilities ``where``.
 
