@@ -9,6 +9,7 @@ Run: ``.venv/bin/python bench/bench_pipe.py``.
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 
@@ -106,7 +107,53 @@ def io_overlap():
     return t_seq / t_pipe
 
 
+def _inc(item, ctx):
+    return item.payload + 1
+
+
+def _square_all(xs):
+    return [x * x for x in xs]
+
+
+class LongLived(slither.Pipe):
+    """inline, then pool, then router: one item through it is the latency target."""
+
+    stages = [
+        stage.inline("inc", handler=_inc),
+        stage.pool("square", fn=_square_all, batch_size=8),
+        stage.router("size", routes=[(lambda i: i.payload > 10_000, "big")]),
+    ]
+    outputs = ["big"]
+
+
+def latency(n: int = 400):
+    """Median seconds for one item through a long-lived three-stage pipe (its runner in a
+    process of its own), and for a one-item dispatch, alternated in one run."""
+    with slither.Runtime(pools={"default": 2}) as rt:
+        h = rt.start_pipe(LongLived)
+        results = h.results(timeout=30)
+        pipe, one = [], []
+        for k in range(n + 20):
+            t0 = time.perf_counter()
+            h.submit(k)
+            next(results)
+            t1 = time.perf_counter()
+            rt.dispatch([k], _square_all)
+            t2 = time.perf_counter()
+            if k >= 20:  # warm
+                pipe.append(t1 - t0)
+                one.append(t2 - t1)
+        h.stop()
+    return statistics.median(pipe), statistics.median(one)
+
+
 def main():
+    t_pipe1, t_disp1 = latency()
+    print(
+        f"one item through a long-lived inline → pool → router pipe: {t_pipe1 * 1e3:.2f} ms median; "
+        f"a one-item dispatch: {t_disp1 * 1e3:.2f} ms (pipe / dispatch {t_pipe1 / t_disp1:.2f}×)",
+        flush=True,
+    )
     io_gain = io_overlap()
     gain = overlap()
     items = list(range(32 * 300))
@@ -127,6 +174,8 @@ def main():
         f"slowest stage alone {n / t_one:,.0f} items/s"
     )
     print("\nSUMMARY")
+    target("one item through a long-lived three-stage pipe, median", t_pipe1 * 1e3, 1.0, higher_is_better=False, unit=" ms")
+    target("that latency / a one-item dispatch's", t_pipe1 / t_disp1, 2.0, higher_is_better=False)
     target("I/O-bound inline + pool pipe / the same stages one after the other (gain from pipelining)", io_gain, 1.2)
     print(
         f"(CPU-bound inline + pool on 1 worker: pipe / sequential = {gain:.2f}×; inline Python work shares "

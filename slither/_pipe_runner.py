@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import queue
 import secrets
 import sys
 import threading
@@ -273,20 +272,25 @@ class _Serve:
             for st in pipe.stages:
                 if st.kind == "pool":
                     planes.pool(st.options.get("pool", "default"))
-            run = _Run(pipe, planes, session_id, metadata)
+            run = _Run(pipe, planes, session_id, metadata, fuse_first=True)
         except BaseException as exc:  # noqa: BLE001 - every start failure reaches start_pipe
             planes.close()
             self._send(("failed", _portable(exc)))
             self._finish()
             return
         run.fanout = lambda key, extra: self._send(("fanout", key, extra))
+        run.out = _LinkOut(self, run)
         for event in _FORWARDED:
             telemetry.attach(f"slither-runner-{'-'.join(event)}", [event], self._event)
         run.start(None)
         self._send(("ready",))
         threading.Thread(target=self._read, args=(run,), name="slither-pipe-runner-in", daemon=True).start()
         try:
-            self._collect(run)
+            while not run.out.over.wait(0.1):
+                if run.cancel.is_set():  # the handle went away, or a stage failed
+                    if run.error is not None:
+                        run.out.put(("error",))
+                    break
         finally:
             run.cancel.set()
             planes.close()
@@ -311,43 +315,40 @@ class _Serve:
         except (OSError, EOFError, ValueError):
             run.cancel.set()  # the handle is gone (or stopped the pipe): end
 
-    def _collect(self, run: _Run) -> None:
-        last = 0.0
-        while True:
-            try:
-                msgs = [run.out.get(timeout=0.1)]
-            except queue.Empty:
-                if run.error is not None:
-                    self._send(("failed", _portable(run.error)))
-                    return
-                if run.cancel.is_set():
-                    return
-                continue
-            while len(msgs) < 256:
-                try:
-                    msgs.append(run.out.get_nowait())
-                except queue.Empty:
-                    break
-            pairs: list = []
-            end = None
-            for m in msgs:
-                if m[0] == "items":
-                    pairs.extend(m[1])
-                    pairs.extend(("skipped", it) for it in m[2])
-                else:
-                    end = m[0]
-            now = time.monotonic()
-            stats = None
-            if now - last > 0.2 or end is not None:
-                stats, last = {k: dict(v) for k, v in run.stats.items()}, now
-            if pairs and not self._send(("out", pairs, stats)):
-                return
-            if end == "eos":
-                self._send(("eos", stats))
-                return
-            if end == "error" or run.error is not None:
-                self._send(("failed", _portable(run.error)))
-                return
+
+class _LinkOut:
+    """A runner's out queue: what the last stages put on it goes straight onto the link to
+    the handle, from the stage's own thread (no collector thread in between)."""
+
+    def __init__(self, serve: _Serve, run: _Run):
+        self._serve = serve
+        self._run = run
+        self._last = 0.0
+        self.over = threading.Event()  # the end (or the failure) was sent
+
+    def _stats(self, force: bool = False):
+        now = time.monotonic()
+        if force or now - self._last > 0.2:
+            self._last = now
+            return {k: dict(v) for k, v in self._run.stats.items()}
+        return None
+
+    def put(self, msg, block: bool = True, timeout: float | None = None) -> None:
+        if self.over.is_set():
+            return
+        kind = msg[0]
+        if kind == "items":
+            pairs = [*msg[1], *(("skipped", it) for it in msg[2])]
+            if pairs and not self._serve._send(("out", pairs, self._stats())):
+                self._run.cancel.set()  # the handle is gone
+        elif kind == "eos":
+            self._serve._send(("eos", self._stats(force=True)))
+            self.over.set()
+        elif kind == "error":
+            self._serve._send(("failed", _portable(self._run.error)))
+            self.over.set()
+
+    put_nowait = put
 
 
 def _portable(value):
@@ -409,6 +410,7 @@ class RemoteEngine:
         self._cv = threading.Condition()
         self._inflight: dict[int, _Input] = {}
         self._outgoing: deque = deque()
+        self._busy = False  # a thread is writing to the link: the others queue (frames stay in order)
         self._conn = None
         self._draining = False
         self._closed = False
@@ -486,10 +488,11 @@ class RemoteEngine:
     def _sender(self) -> None:
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: self._closed or (self._conn is not None and self._outgoing))
+                self._cv.wait_for(lambda: self._closed or (self._conn is not None and self._outgoing and not self._busy))
                 if self._closed:
                     return
                 conn = self._conn
+                self._busy = True
                 blobs: list = []
                 end = False
                 while self._outgoing and len(blobs) < 256:
@@ -505,6 +508,9 @@ class RemoteEngine:
                     _wire.send(conn, ("eos",))
             except OSError:
                 pass  # that runner died: its replacement is sent everything unfinished
+            finally:
+                with self._cv:
+                    self._busy = False
 
     def _reader(self, s) -> None:
         try:
@@ -585,8 +591,20 @@ class RemoteEngine:
             ) from exc
         with self._cv:
             self._inflight[seq] = _Input(blob)
-            self._outgoing.append(blob)
-            self._cv.notify_all()
+            conn = self._conn if not self._busy and not self._outgoing else None
+            if conn is None:
+                self._outgoing.append(blob)  # the sender thread takes it, in turn
+                self._cv.notify_all()
+                return
+            self._busy = True
+        try:  # the link is idle: straight from the submitting thread, one thread switch fewer
+            _wire.send(conn, ("in", [blob]))
+        except OSError:
+            pass  # that runner died: its replacement is sent everything unfinished
+        finally:
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
 
     def stop(self, drain: bool, timeout: float | None) -> bool:
         drained = False

@@ -40,6 +40,7 @@ from slither._pipe.stages import _crashed
 from slither.errors import PipeError
 
 _STAGES = {"inline": stages.inline, "pool": stages.pool, "router": stages.router}
+_CHUNK = {"inline": stages.inline_chunk, "router": stages.route_chunk}
 
 
 class _Inbox(queue.Queue):
@@ -55,10 +56,44 @@ class _Inbox(queue.Queue):
             waker()
 
 
+class _Direct:
+    """The inbox of a stage run in its upstream's thread (a router always, and a first
+    inline stage when asked): putting a chunk runs the stage on it at once. A router
+    is a few predicates; a thread of its own would cost more in wake-ups than it runs."""
+
+    waker = None
+
+    def __init__(self, run: _Run, i: int, st):
+        self._run = run
+        self._i = i
+        self._st = st
+        self._fn = _CHUNK[st.kind]
+        self._lock = threading.Lock()  # several feeders (a handle's submitters) take turns
+
+    def put(self, msg, block=True, timeout=None) -> None:
+        run, i, st = self._run, self._i, self._st
+        nxt = run.inboxes[i + 1] if i + 1 < len(run.inboxes) else None
+        with self._lock:
+            if msg is EOS:
+                run._end(nxt)
+                return
+            try:
+                self._fn(run, i, st, msg, nxt)
+            except stages.Halt as h:
+                run.fail(h.stage, h.reason)
+            except BaseException as exc:  # noqa: BLE001 - as in _stage_main: fail the run, never the feeder
+                run.fail(st.name, exc if isinstance(exc, Exception) else _crashed(st, exc))
+
+    put_nowait = put
+
+    def qsize(self) -> int:
+        return 0
+
+
 class _Run:
     """One execution of a pipe: a feeder (or a handle), one thread per stage, an out queue."""
 
-    def __init__(self, pipe, rt, session_id=None, metadata=None, out_maxsize=None):
+    def __init__(self, pipe, rt, session_id=None, metadata=None, out_maxsize=None, fuse_first=False):
         self.pipe = pipe
         self.rt = rt
         ctx = Context(pipe=pipe.pipe_name, stores={a: s.store_name for a, s in pipe.stores.items()}, metadata=metadata or {})
@@ -66,7 +101,11 @@ class _Run:
             ctx = attrs.evolve(ctx, session_id=session_id)
         self.ctx = ctx
         n = len(pipe.stages)
-        self.inboxes = [_Inbox(maxsize=pipe.buffer) for _ in range(n)]
+        self.inboxes: list = [_Inbox(maxsize=pipe.buffer) for _ in range(n)]
+        for i, st in enumerate(pipe.stages):
+            if st.kind == "router" or (fuse_first and i == 0 and st.kind == "inline"):
+                self.inboxes[i] = _Direct(self, i, st)
+        self._stage_info: dict[int, tuple] = {}
         self.out = queue.Queue(maxsize=out_maxsize or pipe.buffer * 4)
         self.cancel = threading.Event()
         self.error: PipeError | None = None
@@ -104,12 +143,21 @@ class _Run:
         except queue.Full:
             pass  # the collector also checks self.error whenever it wakes
 
+    def stage_info(self, i: int) -> tuple:
+        """Stage ``i``'s (Context, declared outputs, error policy), made once."""
+        info = self._stage_info.get(i)
+        if info is None:
+            st = self.pipe.stages[i]
+            info = (self.ctx.with_stage(st.name), set(self.pipe.outputs) | {"default"}, _policy(self.pipe, st.name))
+            self._stage_info[i] = info
+        return info
+
     def start(self, source: Iterable | None) -> None:
         if source is not None:
             self._spawn(self._feeder, source, name="feeder")
         for i, st in enumerate(self.pipe.stages):
-            target = _STAGES[st.kind]
-            self._spawn(self._stage_main, i, st, target, name=st.name)
+            if not isinstance(self.inboxes[i], _Direct):
+                self._spawn(self._stage_main, i, st, _STAGES[st.kind], name=st.name)
 
     def _spawn(self, fn, *args, name):
         t = threading.Thread(target=fn, args=args, name=f"slither-pipe-{self.pipe.pipe_name}-{name}", daemon=True)

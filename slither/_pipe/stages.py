@@ -16,37 +16,40 @@ from slither.stage import Fail, Routed, Skip
 
 
 def inline(run, i, st, nxt) -> None:
-    ctx = run.ctx.with_stage(st.name)
-    declared = set(run.pipe.outputs) | {"default"}
-    policy = _policy(run.pipe, st.name)
     while True:
         chunk = run.get(run.inboxes[i])
         if chunk is EOS:
             break
-        t0 = time.monotonic()
-        stats = run.stats[st.name]
-        stats["in"] += len(chunk)
-        fwd, direct, skipped = [], [], []
-        with telemetry.span(
-            ("slither", "pipe", "stage"),
-            {"pipe": run.pipe.pipe_name, "stage": st.name, "batch_size": len(chunk), "session_id": ctx.session_id},
-        ):
-            if st.batch_handler is not None:
-                results, error = _call_batch(run, st, chunk, ctx, policy)
-                if error is not None:  # the whole chunk failed: the policy decides per item
-                    for it in chunk:
-                        run._failed_item(st, it, error, direct, skipped)
-                    results = []
-                pairs = list(zip(chunk, results))
-            else:
-                pairs = [(it, _call_one(run, st, it, ctx, policy)) for it in chunk]
-            for item, res in pairs:
-                _classify(run, st, item, res, fwd, direct, skipped, declared)
-        stats["out"] += len(fwd)
-        stats["seconds"] += time.monotonic() - t0
-        run._emit(direct, skipped)
-        run._forward(nxt, fwd)
+        inline_chunk(run, i, st, chunk, nxt)
     run._end(nxt)
+
+
+def inline_chunk(run, i, st, chunk, nxt) -> None:
+    """One chunk through an inline stage: handlers, policies, then on to ``nxt`` and the outputs."""
+    ctx, declared, policy = run.stage_info(i)
+    t0 = time.monotonic()
+    stats = run.stats[st.name]
+    stats["in"] += len(chunk)
+    fwd, direct, skipped = [], [], []
+    with telemetry.span(
+        ("slither", "pipe", "stage"),
+        {"pipe": run.pipe.pipe_name, "stage": st.name, "batch_size": len(chunk), "session_id": ctx.session_id},
+    ):
+        if st.batch_handler is not None:
+            results, error = _call_batch(run, st, chunk, ctx, policy)
+            if error is not None:  # the whole chunk failed: the policy decides per item
+                for it in chunk:
+                    run._failed_item(st, it, error, direct, skipped)
+                results = []
+            pairs = list(zip(chunk, results))
+        else:
+            pairs = [(it, _call_one(run, st, it, ctx, policy)) for it in chunk]
+        for item, res in pairs:
+            _classify(run, st, item, res, fwd, direct, skipped, declared)
+    stats["out"] += len(fwd)
+    stats["seconds"] += time.monotonic() - t0
+    run._emit(direct, skipped)
+    run._forward(nxt, fwd)
 
 
 def _call_one(run, st, item, ctx, policy):
@@ -122,26 +125,31 @@ def router(run, i, st, nxt) -> None:
         chunk = run.get(run.inboxes[i])
         if chunk is EOS:
             break
-        t0 = time.monotonic()
-        fwd, direct, skipped = [], [], []
-        for item in chunk:
-            try:
-                target = next((out for pred, out in st.routes if pred(item)), None)
-            except BaseException as exc:  # noqa: BLE001 - as in _call_one
-                run._failed_item(st, item, exc if isinstance(exc, Exception) else _crashed(st, exc), direct, skipped)
-                continue
-            if target is None:
-                fwd.append(item)
-            else:
-                direct.append((target, item))
-        s = run.stats[st.name]
-        s["in"] += len(chunk)
-        s["routed"] += len(direct)
-        s["out"] += len(fwd)
-        s["seconds"] += time.monotonic() - t0
-        run._emit(direct, skipped)
-        run._forward(nxt, fwd)
+        route_chunk(run, i, st, chunk, nxt)
     run._end(nxt)
+
+
+def route_chunk(run, i, st, chunk, nxt) -> None:
+    """One chunk through a router: the first matching route's output, else on to ``nxt``."""
+    t0 = time.monotonic()
+    fwd, direct, skipped = [], [], []
+    for item in chunk:
+        try:
+            target = next((out for pred, out in st.routes if pred(item)), None)
+        except BaseException as exc:  # noqa: BLE001 - as in _call_one
+            run._failed_item(st, item, exc if isinstance(exc, Exception) else _crashed(st, exc), direct, skipped)
+            continue
+        if target is None:
+            fwd.append(item)
+        else:
+            direct.append((target, item))
+    s = run.stats[st.name]
+    s["in"] += len(chunk)
+    s["routed"] += len(direct)
+    s["out"] += len(fwd)
+    s["seconds"] += time.monotonic() - t0
+    run._emit(direct, skipped)
+    run._forward(nxt, fwd)
 
 
 def pool(run, i, st, nxt) -> None:
