@@ -271,6 +271,7 @@ class Service:
             "uptime_s": up,
             "stages": stages,
             "pools": pools,
+            "pids": rt.pids(),
             "error": repr(st.get("error")) if st.get("error") is not None else None,
         }
 
@@ -317,9 +318,19 @@ def _depths(handle) -> list:
     return [q.qsize() for q in run.inboxes]
 
 
+def _intensity(text: str, option: str) -> tuple[int, float]:
+    from slither._pipe import check_restart
+
+    try:
+        n, secs = text.split(",")
+        return check_restart((int(n), float(secs)))
+    except (ValueError, ConfigurationError):
+        raise ConfigurationError(f"{option} {text!r}: expected MAX_RESTARTS,SECONDS, like 3,5") from None
+
+
 def serve_main(args) -> int:
     pipe = load(args.pipe, "the pipe")
-    from slither._pipe import Pipe, check_restart
+    from slither._pipe import Pipe
 
     if not (isinstance(pipe, type) and issubclass(pipe, Pipe)):
         raise ConfigurationError(f"{args.pipe!r} is not a slither.Pipe subclass")
@@ -327,13 +338,14 @@ def serve_main(args) -> int:
     if not callable(source_fn):
         raise ConfigurationError(f"--source {args.source!r} is not callable")
     sinks = sinks_for(pipe, args.sink)
-    pools: dict = {"default": PoolSpec(size=args.workers)}
+    max_restarts, max_seconds = _intensity(args.pool_restart, "--pool-restart")
+    pools: dict = {"default": PoolSpec(size=args.workers, max_restarts=max_restarts, max_seconds=max_seconds)}
     for spec in args.pool or []:
         name, eq, size = spec.partition("=")
         if not eq or not size.isdigit():
             raise ConfigurationError(f"--pool {spec!r}: expected NAME=SIZE")
-        pools[name] = PoolSpec(size=int(size))
-    restart = check_restart(tuple(float(x) if "." in x else int(x) for x in args.restart.split(",")))
+        pools[name] = PoolSpec(size=int(size), max_restarts=max_restarts, max_seconds=max_seconds)
+    restart = _intensity(args.restart, "--restart")
     svc = Service(
         pipe, source_fn, sinks, pools=pools, max_pending=args.max_pending, restart=restart, drain_timeout=args.drain_timeout
     )

@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--pool", action="append", help="another pool, NAME=SIZE")
     sv.add_argument("--max-pending", type=int, default=1000, help="inputs in the pipe at most (default 1000)")
     sv.add_argument("--restart", default="3,5", help="the runner's restart intensity, MAX_RESTARTS,SECONDS (default 3,5)")
+    sv.add_argument("--pool-restart", default="3,5", help="the pools' restart intensity, MAX_RESTARTS,SECONDS (default 3,5)")
     sv.add_argument("--drain-timeout", type=float, default=30.0, help="seconds a drain may take (default 30)")
     sv.add_argument("--status-port", type=int, help="serve /status and /metrics on 127.0.0.1:PORT (0: any free port)")
     stt = sub.add_parser("status", help="show a served pipe's status (its --status-port)")
