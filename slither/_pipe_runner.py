@@ -46,13 +46,22 @@ from thespian.actors import ActorExitRequest, ThespianWatch, WatchMessage
 from slither import _pickle, _wire, telemetry
 from slither import _store as store
 from slither._actors import PIPES, Forwarded
+from slither._dispatch import Retry, Route
 from slither._pipe import check_handlers_travel
-from slither._pipe.definition import _SEQ, EOS, load_pipe
+from slither._pipe.definition import _SEQ, EOS, _policy, load_pipe
 from slither._pipe.run import _Run
 from slither._runner import RunnerPlane, _child_process, _exitcode, _Plane
 from slither._sys import cheap_repr
 from slither.actors import PipeFailed
-from slither.errors import ConfigurationError, PipeDown, SerializationError
+from slither.errors import (
+    ConfigurationError,
+    PipeDown,
+    PipeError,
+    RunnerDied,
+    SerializationError,
+    StageTimeout,
+    WorkerCrashed,
+)
 from slither.supervision import (
     ChildSpec,
     ChildStarted,
@@ -127,6 +136,8 @@ class PipeSupervisor(Supervisor):
             )
             _notify(init.link, ("down", init.token, msg, code))
             return
+        # Before the restart: the handle counts this death against what was in flight.
+        _notify(init.link, ("died", init.token, child.pid, _exitcode(self._procs.get(child.spec.id))))
         super()._exited(address, lost)
 
     def on_other_message(self, message, sender) -> None:
@@ -280,6 +291,7 @@ class _Serve:
             return
         run.fanout = lambda key, extra: self._send(("fanout", key, extra))
         run.out = _LinkOut(self, run)
+        run.on_hung = self._hung
         for event in _FORWARDED:
             telemetry.attach(f"slither-runner-{'-'.join(event)}", [event], self._event)
         run.start(None)
@@ -295,6 +307,13 @@ class _Serve:
             run.cancel.set()
             planes.close()
             self._finish()
+
+    def _hung(self, st, chunk) -> None:
+        """An inline handler ran past its stage's timeout: a thread cannot be stopped, so
+        the runner ends; the handle applies the stage's policy to these inputs."""
+        keys = [it.meta.get(_SEQ) for it in chunk if it.meta.get(_SEQ)]
+        self._send(("hung", st.name, st.options["timeout"], keys))
+        os._exit(75)
 
     def _event(self, event, measurements, metadata) -> None:
         self._send(("event", event, dict(measurements), {k: _portable(v) for k, v in metadata.items()}))
@@ -373,13 +392,17 @@ def _portable_item(item):
 
 
 class _Input:
-    __slots__ = ("blob", "expected", "seen", "fanned")
+    __slots__ = ("blob", "expected", "seen", "fanned", "deaths", "hung", "timeouts", "link")
 
     def __init__(self, blob: bytes):
         self.blob = blob
         self.expected = 1
         self.seen: set = set()
         self.fanned: set = set()
+        self.deaths = 0  # runner deaths while it was in flight
+        self.hung: StageTimeout | None = None  # it was in the chunk of a stage past its timeout
+        self.timeouts = 0
+        self.link = 0  # the runner (its link's number) it was last sent to
 
 
 _END = object()  # the end of input, in the outgoing queue
@@ -388,10 +411,15 @@ _END = object()  # the end of input, in the outgoing queue
 class RemoteEngine:
     """The handle's side of a supervised pipe (see the module docstring)."""
 
-    def __init__(self, rt, pipe, name: str, session_id, metadata, max_pending: int, restart: tuple[int, float]):
+    def __init__(
+        self, rt, pipe, name: str, session_id, metadata, max_pending: int, restart: tuple[int, float], max_replays: int = 2
+    ):
         check_handlers_travel(pipe)
         self._rt = rt
         self.name = name
+        self._pipe = pipe
+        self._max_replays = max_replays
+        self._death: RunnerDied | None = None  # the last one
         blob = _pickle.dumps_code((pipe, session_id, metadata))
         self._path = os.path.join(rt._dir, f"pipe-{secrets.token_hex(4)}.sock")
         self._token = rt.token
@@ -409,7 +437,9 @@ class RemoteEngine:
         )
         self._cv = threading.Condition()
         self._inflight: dict[int, _Input] = {}
-        self._outgoing: deque = deque()
+        self._outgoing: deque = deque()  # (seq, pickled Item), or _END
+        self._quarantine: deque = deque()  # seqs of inputs in flight at two runner deaths or more
+        self._probe: int | None = None  # the suspect now in flight: the next waits for it
         self._busy = False  # a thread is writing to the link: the others queue (frames stay in order)
         self._conn = None
         self._draining = False
@@ -460,6 +490,13 @@ class RemoteEngine:
             elif first[0] == "down":
                 s.close()
                 self._down(PipeDown(self.name, first[2], first[3]))
+            elif first[0] == "died":
+                s.close()
+                with self._cv:
+                    self._death = RunnerDied(first[2], first[3])
+                    for rec in self._inflight.values():
+                        if rec.link == self._links:  # sent to the runner that died
+                            rec.deaths += 1
             elif first[0] == "hello":
                 self._attach(s, first[2])
             elif first[0] == "actor":
@@ -471,36 +508,65 @@ class RemoteEngine:
 
     def _attach(self, s, pid: int) -> None:
         """A runner (the first, or one restarted after a crash) connected: it gets every
-        input not finished yet, in order."""
+        input not finished yet, in order. Those in flight at two deaths or more go first
+        and one at a time (quarantine), so a poison input dies alone and its neighbours
+        are not blamed for it."""
+        if self._conn is not None:
+            self._gone.wait(2.0)  # the dead runner's last frames (a "hung") are read first
         with self._cv:
             old, self._conn = self._conn, s
             self._runner_pid = pid
             self._links += 1
             self._gone.clear()
-            self._outgoing = deque(rec.blob for _, rec in sorted(self._inflight.items()))
+            self._probe = None
+            verdicts = [(seq, rec, self._verdict(rec)) for seq, rec in sorted(self._inflight.items())]
+            again = [(seq, rec) for seq, rec, v in verdicts if v is None]
+            self._quarantine = deque(seq for seq, rec in again if rec.deaths >= 2)
+            self._outgoing = deque((seq, rec.blob) for seq, rec in again if rec.deaths < 2)
             if self._draining:
                 self._outgoing.append(_END)
             self._cv.notify_all()
         if old is not None:
             _close_socket(old)
+        for _, rec, v in verdicts:
+            if v is not None:
+                self._give_up(rec, *v)
         threading.Thread(target=self._reader, args=(s,), name=f"slither-pipe-{self.name}-out", daemon=True).start()
+
+    def _can_send(self) -> bool:
+        if self._conn is None or self._busy:
+            return False
+        if self._quarantine:
+            return self._probe is None  # one suspect at a time, each once the last came out
+        return bool(self._outgoing) and self._probe is None
 
     def _sender(self) -> None:
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: self._closed or (self._conn is not None and self._outgoing and not self._busy))
+                self._cv.wait_for(lambda: self._closed or self._can_send())
                 if self._closed:
                     return
-                conn = self._conn
+                conn, link = self._conn, self._links
                 self._busy = True
                 blobs: list = []
                 end = False
-                while self._outgoing and len(blobs) < 256:
-                    b = self._outgoing.popleft()
-                    if b is _END:
+                if self._quarantine:  # a suspect alone; the rest waits for it
+                    seq = self._quarantine.popleft()
+                    rec = self._inflight.get(seq)
+                    if rec is not None:
+                        self._probe = seq
+                        rec.link = link
+                        blobs.append(rec.blob)
+                while not self._quarantine and self._probe is None and self._outgoing and len(blobs) < 256:
+                    entry = self._outgoing.popleft()
+                    if entry is _END:
                         end = True
                         break
-                    blobs.append(b)
+                    seq, blob = entry
+                    rec = self._inflight.get(seq)
+                    if rec is not None:
+                        rec.link = link
+                        blobs.append(blob)
             try:
                 if blobs:
                     _wire.send(conn, ("in", blobs))
@@ -511,6 +577,7 @@ class RemoteEngine:
             finally:
                 with self._cv:
                     self._busy = False
+                    self._cv.notify_all()
 
     def _reader(self, s) -> None:
         try:
@@ -528,6 +595,13 @@ class RemoteEngine:
                     telemetry.emit(msg[1], msg[2], {**msg[3], "runner": self.name})
                 elif kind == "ready":
                     self._ready.set()
+                elif kind == "hung":
+                    err = StageTimeout(msg[1], msg[2])
+                    with self._cv:
+                        for key in msg[3]:
+                            rec = self._inflight.get(key[0])
+                            if rec is not None:
+                                rec.hung = err
                 elif kind == "eos":
                     if msg[1] is not None:
                         self._stats = msg[1]
@@ -547,6 +621,56 @@ class RemoteEngine:
                     self._gone.set()
             _close_socket(s)
 
+    def _verdict(self, rec: _Input):
+        """None to run ``rec`` again in the new runner, else (output, error, stage) it ends in."""
+        if rec.hung is not None:
+            err, rec.hung = rec.hung, None
+            rec.timeouts += 1
+            policy = _policy(self._pipe, err.stage)
+            if isinstance(policy, Retry):
+                if rec.timeouts < policy.max_attempts:
+                    return None
+                policy = policy.then
+            if policy == "skip":
+                return "skipped", err, err.stage
+            if isinstance(policy, Route):
+                return policy.fn, err, err.stage
+            return "halt", err, err.stage
+        if rec.deaths > self._max_replays:
+            d = self._death or RunnerDied(None, None)
+            how = WorkerCrashed.how(d.exitcode) if d.exitcode is not None else "died"
+            err = RunnerDied(
+                d.pid,
+                d.exitcode,
+                f"the PipeRunner {how} with this input in flight {rec.deaths} times; it was not run again "
+                f"(start_pipe(max_replays={self._max_replays}))",
+            )
+            return "skipped", err, None
+        return None
+
+    def _give_up(self, rec: _Input, output: str, err: BaseException, stage: str | None) -> None:
+        """End an input without running it again: in ``output`` (or skipped), or halt the pipe."""
+        if output == "halt":
+            failure = PipeError(self.name, stage, err)
+            failure.__cause__ = err
+            self._end("failed", failure)
+            return
+        item = pickle.loads(rec.blob)
+        meta = {"error": err, "stage": stage} if output != "skipped" else {"skipped": True, "error": err, "stage": stage}
+        with self._cv:
+            never = rec.expected - len(rec.seen) - 1  # results of a fan-out that will not come
+            rec.expected = len(rec.seen) + 1  # what it had delivered stands; this ends it
+        if never > 0:
+            self._handle._fanout(item.meta[_SEQ], -never)
+        self._result(output, item.put_meta(meta))
+
+    def _done(self, seq: int) -> None:
+        """Input ``seq`` delivered all its results (under the lock)."""
+        del self._inflight[seq]
+        if self._probe == seq:
+            self._probe = None
+            self._cv.notify_all()
+
     def _result(self, name: str, item) -> None:
         key = item.meta.get(_SEQ)
         with self._cv:
@@ -555,7 +679,7 @@ class RemoteEngine:
                 return  # delivered before the runner that made it again was restarted
             rec.seen.add(key)
             if len(rec.seen) >= rec.expected:
-                del self._inflight[key[0]]
+                self._done(key[0])
         self._handle._deliver(name, item)
 
     def _fanout(self, key: tuple, extra: int) -> None:
@@ -566,7 +690,7 @@ class RemoteEngine:
             rec.fanned.add(key)
             rec.expected += extra
             if len(rec.seen) >= rec.expected:
-                del self._inflight[key[0]]
+                self._done(key[0])
         self._handle._fanout(key, extra)
 
     def _down(self, err: PipeDown) -> None:
@@ -590,13 +714,15 @@ class RemoteEngine:
                 f"PipeRunner: {type(exc).__name__}: {exc}"
             ) from exc
         with self._cv:
-            self._inflight[seq] = _Input(blob)
-            conn = self._conn if not self._busy and not self._outgoing else None
+            rec = self._inflight[seq] = _Input(blob)
+            idle = not self._busy and not self._outgoing and not self._quarantine and self._probe is None
+            conn = self._conn if idle else None
             if conn is None:
-                self._outgoing.append(blob)  # the sender thread takes it, in turn
+                self._outgoing.append((seq, blob))  # the sender thread takes it, in turn
                 self._cv.notify_all()
                 return
             self._busy = True
+            rec.link = self._links
         try:  # the link is idle: straight from the submitting thread, one thread switch fewer
             _wire.send(conn, ("in", [blob]))
         except OSError:

@@ -11,6 +11,7 @@
     ├── StageFailure                        an inline stage returned Fail(reason)
     ├── PipeFull                            submit_nowait on a full long-lived pipe
     ├── PipeDown                            a long-lived pipe's runner exceeded its restart intensity
+    ├── StageTimeout (TimeoutError)         an inline handler ran past its stage's timeout
     ├── RunnerDied                          the DispatchRunner serving an actor's Dispatch died
     ├── StoreError                          a store write or reload failed
     │   ├── ViewNotFound (KeyError)
@@ -222,9 +223,11 @@ class PipeError(SlitherError):
 
 
 class RunnerDied(SlitherError):
-    """The ``DispatchRunner`` actor serving a :class:`slither.actors.Dispatch` died
-    (``DispatchFailed.reason``). Results already sent stand; the rest was not run to
-    the end. Send the ``Dispatch`` again: a new runner serves it.
+    """A runner died. The ``DispatchRunner`` serving a :class:`slither.actors.Dispatch`
+    (``DispatchFailed.reason``): results already sent stand, the rest was not run to the
+    end; send the ``Dispatch`` again and a new runner serves it. Or a long-lived pipe's
+    ``PipeRunner``, with an input in flight at more deaths than ``start_pipe(max_replays=)``
+    allows: that input comes out skipped, with this as its ``meta["error"]``.
 
     Attributes:
         pid: the runner's process id (None if it never reported one).
@@ -262,6 +265,24 @@ class StageFailure(SlitherError):
 
 class PipeFull(SlitherError):
     """``PipeHandle.submit_nowait`` found the pipe full."""
+
+
+class StageTimeout(SlitherError, TimeoutError):
+    """An inline stage's handler ran past the stage's ``timeout`` (``stage.inline(...,
+    timeout=seconds)``). In a long-lived pipe its runner was killed and restarted, and
+    the stage's policy decided the input's fate; in ``run_pipe`` the run fails.
+
+    Attributes:
+        stage: the stage's name. timeout: its timeout in seconds.
+    """
+
+    def __init__(self, stage: str, timeout: float, message: str | None = None):
+        super().__init__(message or f"stage {stage!r}: the handler ran past its timeout of {timeout:g}s")
+        self.stage = stage
+        self.timeout = timeout
+
+    def __reduce__(self):
+        return (type(self), (self.stage, self.timeout, str(self)))
 
 
 class PipeDown(SlitherError):
@@ -317,6 +338,7 @@ __all__ = [
     "StageFailure",
     "PipeFull",
     "PipeDown",
+    "StageTimeout",
     "ViewNotFound",
     "ViewTimeout",
 ]

@@ -68,17 +68,32 @@ class StageSpec:
 
 
 def inline(
-    name: str, handler: Callable | None = None, *, batch_handler: Callable | None = None, cardinality: str = "one"
+    name: str,
+    handler: Callable | None = None,
+    *,
+    batch_handler: Callable | None = None,
+    cardinality: str = "one",
+    timeout: float | None = None,
 ) -> StageSpec:
-    """A stage run in the coordinating process: ``handler(item, ctx)`` per item,
-    or ``batch_handler(items, ctx)`` per chunk."""
+    """A stage run in the pipe's coordinating process (a long-lived pipe's runner, or the
+    caller for ``run_pipe``): ``handler(item, ctx)`` per item, or ``batch_handler(items,
+    ctx)`` per chunk.
+
+    ``timeout``: seconds a chunk may take. Past it, a long-lived pipe's runner is killed
+    and restarted, and the stage's ``on_error`` policy takes the chunk's inputs (skip,
+    route, retry, halt) with :class:`slither.errors.StageTimeout`; ``run_pipe`` and
+    ``stream_pipe`` fail with it (a thread cannot be killed).
+    """
     if (handler is None) == (batch_handler is None):
         raise PipeDefinitionError(f"stage {name!r}: give exactly one of handler= or batch_handler=")
     if not callable(handler or batch_handler):
         raise PipeDefinitionError(f"stage {name!r}: the handler must be callable")
     if cardinality not in ("one", "many"):
         raise PipeDefinitionError(f"stage {name!r}: cardinality must be 'one' or 'many', got {cardinality!r}")
-    return StageSpec(name, "inline", handler=handler, batch_handler=batch_handler, cardinality=cardinality)
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise PipeDefinitionError(f"stage {name!r}: timeout must be a number of seconds > 0, got {timeout!r}")
+    options = {} if timeout is None else {"timeout": float(timeout)}
+    return StageSpec(name, "inline", handler=handler, batch_handler=batch_handler, cardinality=cardinality, options=options)
 
 
 _POOL_OPTIONS = {"pool", "batch_size", "max_in_flight", "timeout", "affinity", "strategy"}

@@ -149,6 +149,75 @@ def test_past_its_restart_intensity_the_pipe_raises_pipe_down_to_submit_and_resu
     h.stop()
 
 
+def test_a_poison_input_is_skipped_after_max_replays_and_its_neighbours_come_out(rt):
+    """Each runner it reaches dies; the ones in flight beside it are replayed, the
+    suspects one at a time, so only the poison is blamed."""
+    h = rt.start_pipe(Poisoned, restart=(5, 60), max_replays=2)
+    try:
+        for x in range(30):
+            h.submit(x)
+        h.submit("poison")
+        for x in range(30, 60):
+            h.submit(x)
+        got = list(itertools.islice(h.results(timeout=60), 61))
+        status = h.status()
+    finally:
+        h.stop()
+    out = {item.payload: (name, item) for name, item in got}
+    assert sorted(p for p in out if p != "poison") == list(range(60)) and len(got) == 61
+    assert all(name == "default" for p, (name, _) in out.items() if p != "poison")
+    name, poison = out["poison"]
+    assert name == "skipped" and isinstance(poison.meta["error"], slither.errors.RunnerDied)
+    assert poison.meta["error"].exitcode == 3 and "max_replays=2" in str(poison.meta["error"])
+    assert status["restarts"] == 3 and status["state"] == "running"
+
+
+def _hangs(item, ctx):
+    if item.payload == "hang":
+        threading.Event().wait()  # never returns: only the runner's end ends it
+    return item.payload
+
+
+class Hangs(Pipe):
+    stages = [stage.inline("slow", handler=_hangs, timeout=0.5)]
+    on_error = {"slow": "skip"}
+
+
+class HangsAndHalts(Pipe):
+    stages = [stage.inline("slow", handler=_hangs, timeout=0.5)]
+
+
+def test_an_inline_handler_past_its_timeout_costs_a_runner_and_the_stage_policy_decides(rt):
+    h = rt.start_pipe(Hangs, max_pending=100)
+    try:
+        for x in ["a", "hang", "b"]:
+            h.submit(x)
+        got = {item.payload: (name, item) for name, item in itertools.islice(h.results(timeout=60), 3)}
+        h.submit("c")
+        after = next(h.results(timeout=30))
+        status = h.status()
+    finally:
+        h.stop()
+    assert got["a"][0] == got["b"][0] == "default" and after[1].payload == "c"
+    name, hung = got["hang"]
+    assert name == "skipped" and isinstance(hung.meta["error"], slither.errors.StageTimeout)
+    assert hung.meta["error"].stage == "slow" and hung.meta["stage"] == "slow"
+    assert status["restarts"] == 1 and status["state"] == "running"
+
+    h = rt.start_pipe(HangsAndHalts)  # "halt", the default: the pipe fails, naming the stage
+    h.submit("hang")
+    with pytest.raises(slither.PipeError) as ei:
+        next(h.results(timeout=60))
+    assert ei.value.stage == "slow" and isinstance(ei.value.reason, slither.errors.StageTimeout)
+    h.stop()
+
+
+def test_run_pipe_fails_on_an_inline_timeout_instead_of_hanging(rt):
+    with pytest.raises(slither.PipeError) as ei:
+        rt.run_pipe(HangsAndHalts, ["x", "hang"])
+    assert isinstance(ei.value.reason, slither.errors.StageTimeout)
+
+
 def test_a_store_read_in_an_inline_stage_and_a_pool_stage_by_name_work_in_the_runner(rt):
     h = rt.start_pipe(ScorePipe)
     try:

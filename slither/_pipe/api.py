@@ -120,6 +120,7 @@ def start_pipe(
     max_pending: int = 10_000,
     name: str | None = None,
     restart=(3, 5.0),
+    max_replays: int = 2,
 ) -> PipeHandle:
     """Start a long-lived pipe on the runtime; return its :class:`PipeHandle`.
 
@@ -129,6 +130,11 @@ def start_pipe(
     intensity: more restarts than that within that time and the handle raises
     :class:`slither.PipeDown`. ``name`` names the pipe in the tree and in
     ``status()`` (default: the pipe's ``pipe_name``, made unique).
+
+    An input in flight at more than ``max_replays`` runner deaths (a poison input that
+    kills each runner, or a neighbour of one) is not run again: it comes out skipped,
+    with :class:`slither.errors.RunnerDied` as its ``meta["error"]``. An inline stage
+    past its ``timeout`` kills the runner too; the stage's policy then decides.
 
     ``max_pending`` bounds inputs submitted whose results were not yet taken
     with ``results()``: past it, ``submit`` blocks. The runtime stops the
@@ -140,6 +146,8 @@ def start_pipe(
     if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 1:
         raise ConfigurationError(f"max_pending must be a positive int, got {max_pending!r}")
     intensity = check_restart(restart)
+    if type(max_replays) is not int or max_replays < 0:
+        raise ConfigurationError(f"max_replays must be an int >= 0, got {max_replays!r}")
     if name is not None and (not isinstance(name, str) or not name):
         raise ConfigurationError(f"name must be a non-empty string, got {name!r}")
     taken = {h.name for h in rt._pipes}
@@ -148,7 +156,7 @@ def start_pipe(
         name = next(n for n in names if n not in taken)
     elif name in taken:
         raise ConfigurationError(f"a pipe named {name!r} is already running on this runtime; give start_pipe another name=")
-    engine = rt._pipe_engine(pipe, name, session_id, metadata, max_pending, intensity)
+    engine = rt._pipe_engine(pipe, name, session_id, metadata, max_pending, intensity, max_replays)
     handle = PipeHandle(_PRIVATE, pipe, rt, max_pending, engine, name)
     rt._pipes.append(handle)
     return handle

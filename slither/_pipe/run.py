@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 import attrs
@@ -37,7 +38,7 @@ from slither._item import Context, Item
 from slither._pipe import stages
 from slither._pipe.definition import _SEQ, EOS, _policy
 from slither._pipe.stages import _crashed
-from slither.errors import PipeError
+from slither.errors import PipeError, StageTimeout
 
 _STAGES = {"inline": stages.inline, "pool": stages.pool, "router": stages.router}
 _CHUNK = {"inline": stages.inline_chunk, "router": stages.route_chunk}
@@ -106,6 +107,9 @@ class _Run:
             if st.kind == "router" or (fuse_first and i == 0 and st.kind == "inline"):
                 self.inboxes[i] = _Direct(self, i, st)
         self._stage_info: dict[int, tuple] = {}
+        self.busy: dict[int, tuple] = {}  # inline stage with a timeout -> (since, its chunk)
+        # What a stage past its timeout does: fail the run here; a runner reports and exits.
+        self.on_hung: Callable[[object, list], None] = self._hung
         self.out = queue.Queue(maxsize=out_maxsize or pipe.buffer * 4)
         self.cancel = threading.Event()
         self.error: PipeError | None = None
@@ -158,6 +162,21 @@ class _Run:
         for i, st in enumerate(self.pipe.stages):
             if not isinstance(self.inboxes[i], _Direct):
                 self._spawn(self._stage_main, i, st, _STAGES[st.kind], name=st.name)
+        if any(st.kind == "inline" and st.options.get("timeout") for st in self.pipe.stages):
+            self._spawn(self._watchdog, name="watchdog")
+
+    def _watchdog(self) -> None:
+        limits = {i: st.options["timeout"] for i, st in enumerate(self.pipe.stages) if st.options.get("timeout")}
+        tick = min(0.05, min(limits.values()) / 4)
+        while not self.cancel.wait(tick):
+            now = time.monotonic()
+            for i, (since, chunk) in list(self.busy.items()):
+                if now - since > limits[i]:
+                    self.on_hung(self.pipe.stages[i], chunk)
+                    return
+
+    def _hung(self, st, chunk) -> None:
+        self.fail(st.name, StageTimeout(st.name, st.options["timeout"]))
 
     def _spawn(self, fn, *args, name):
         t = threading.Thread(target=fn, args=args, name=f"slither-pipe-{self.pipe.pipe_name}-{name}", daemon=True)

@@ -28,6 +28,8 @@ def inline_chunk(run, i, st, chunk, nxt) -> None:
     """One chunk through an inline stage: handlers, policies, then on to ``nxt`` and the outputs."""
     ctx, declared, policy = run.stage_info(i)
     t0 = time.monotonic()
+    if st.options:  # a timeout: the run's watchdog looks at what each stage is busy with
+        run.busy[i] = (t0, chunk)
     stats = run.stats[st.name]
     stats["in"] += len(chunk)
     fwd, direct, skipped = [], [], []
@@ -46,6 +48,7 @@ def inline_chunk(run, i, st, chunk, nxt) -> None:
             pairs = [(it, _call_one(run, st, it, ctx, policy)) for it in chunk]
         for item, res in pairs:
             _classify(run, st, item, res, fwd, direct, skipped, declared)
+    run.busy.pop(i, None)
     stats["out"] += len(fwd)
     stats["seconds"] += time.monotonic() - t0
     run._emit(direct, skipped)

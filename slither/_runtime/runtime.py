@@ -401,7 +401,7 @@ class Runtime:
         returns its :class:`slither.PipeHandle`."""
         return _pipe.start_pipe(pipe, runtime=self, **opts)
 
-    def _pipe_engine(self, pipe, name, session_id, metadata, max_pending, restart):
+    def _pipe_engine(self, pipe, name, session_id, metadata, max_pending, restart, max_replays):
         if self._pipe_sup is None:  # simpleSystemBase: no processes of its own, the stages are threads here
             return _pipe.LocalEngine(pipe, self, session_id, metadata, max_pending)
-        return RemoteEngine(self, pipe, name, session_id, metadata, max_pending, restart)
+        return RemoteEngine(self, pipe, name, session_id, metadata, max_pending, restart, max_replays)
