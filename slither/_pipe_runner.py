@@ -16,7 +16,9 @@ and says ``ready`` (or ``failed``: the start failed, nothing restarts it). Frame
     runner → handle   ("hello", token, pid)  ("ready",)  ("failed", error)
                       ("out", [(output, Item), ...], stats | None)  ("fanout", key, extra)
                       ("event", event, measurements, metadata)  ("eos", stats)
-    supervisor → handle   ("down", token, message, exitcode)
+                      ("hung", stage, timeout, [key, ...])   then it exits
+    supervisor → handle   ("died", token, pid, exitcode)  ("down", token, message, exitcode)
+                          ("actor", token, message, sender)   an actor's Submit, Subscribe, Demand
 
 Nothing accepted is lost. The handle keeps every input (pickled) until the runner has
 delivered all of its results. A runner that dies is restarted by the PipeSupervisor;
@@ -27,6 +29,12 @@ before, so each result reaches the caller once, though its handlers may have run
 twice (at least once execution, as with Retry). More restarts than the pipe's
 intensity allows: the supervisor stops restarting it and tells the handle ``down``,
 which raises :class:`slither.PipeDown` to everyone waiting.
+
+Poison. Each input counts the deaths of the runners it was sent to. In flight at two,
+it is sent alone (quarantine: one suspect at a time, the rest waits), so a poison
+input dies by itself; past ``max_replays`` it comes out skipped with ``RunnerDied``.
+An inline stage past its ``timeout`` reports its chunk (``hung``) and ends the
+runner; the stage's policy then decides those inputs (``_verdict``).
 """
 
 from __future__ import annotations

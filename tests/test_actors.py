@@ -173,7 +173,9 @@ def test_a_failing_batch_fails_the_dispatch_with_the_workers_traceback(app):
     results, end, _ = drive(asys, rt, Dispatch("bad", list(range(40)), "actorfns:boom_at_13", batch_size=10, demand=8))
     assert isinstance(end, DispatchFailed) and isinstance(end.reason, WorkerError)
     assert "thirteen" in str(end.reason) and "boom_at_13" in end.reason.remote_traceback
-    assert payloads(results) == list(range(10))  # the batch before it; nothing after a halt
+    # The batch before it, if it finished before the failure came (two workers race);
+    # nothing after a halt.
+    assert payloads(results) in ([], list(range(10)))
 
 
 def test_skip_and_lambdas_travel(app):
