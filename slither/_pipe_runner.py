@@ -357,7 +357,7 @@ class _LinkOut:
         now = time.monotonic()
         if force or now - self._last > 0.2:
             self._last = now
-            return {k: dict(v) for k, v in self._run.stats.items()}
+            return self._run.stage_stats()
         return None
 
     def put(self, msg, block: bool = True, timeout: float | None = None) -> None:

@@ -254,10 +254,7 @@ class Service:
             }
         st = h.status() if h is not None else {}
         up = max(1e-9, time.monotonic() - self.started)
-        stages = {
-            k: {**v, "per_second": v.get("out", 0) / up, "queue_depth": depth}
-            for (k, v), depth in zip(st.get("stages", {}).items(), _depths(h))
-        }
+        stages = {k: {**v, "per_second": v.get("out", 0) / up} for k, v in st.get("stages", {}).items()}
         return {
             "pipe": h.name if h is not None else None,
             "state": st.get("state"),
@@ -307,15 +304,6 @@ class Service:
         self.http.daemon_threads = True
         threading.Thread(target=self.http.serve_forever, name="slither-serve-status", daemon=True).start()
         print(f"slither serve: status on http://127.0.0.1:{self.http.server_address[1]}/status", flush=True)
-
-
-def _depths(handle) -> list:
-    """Chunks waiting in each stage's inbox; only the debugging base can see them from here."""
-    engine = getattr(handle, "_engine", None)
-    run = getattr(engine, "_run", None)
-    if run is None:
-        return [None] * 64
-    return [q.qsize() for q in run.inboxes]
 
 
 def _intensity(text: str, option: str) -> tuple[int, float]:
@@ -399,7 +387,10 @@ def status_main(args) -> int:
         f"results delivered {st['delivered']}; up {st['uptime_s']:.0f}s"
     )
     for name, s in st["stages"].items():
-        print(f"  stage {name:<16} in {s['in']:>9} out {s['out']:>9} skipped {s['skipped']:>6} {s['per_second']:>9.1f}/s")
+        print(
+            f"  stage {name:<16} in {s['in']:>9} out {s['out']:>9} skipped {s['skipped']:>6} "
+            f"{s['per_second']:>9.1f}/s  queued {s.get('queued', 0)}"
+        )
     for name, p in st["pools"].items():
         print(
             f"  pool {name:<17} workers {p['workers']}/{p['size']} queued {p['queued']} in flight {p['in_flight']} "

@@ -17,7 +17,8 @@
 * the runtime's state, read at each scrape: per pool its size, connected workers,
   batches queued and in flight, crashes and restarts, and whether it is down; per
   long-lived pipe its submitted, completed and pending inputs, its runner's restarts,
-  and per stage the items in, out, skipped and routed and its busy seconds.
+  and per stage the items in, out, skipped and routed, its busy seconds and the chunks
+  queued before it.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ class _State:
             for k in ("in", "out", "skipped", "routed")
         }
         busy = CounterMetricFamily("slither_pipe_stage_busy_seconds", "Time a stage spent on its items", labels=["pipe", "stage"])
+        queued = GaugeMetricFamily("slither_pipe_stage_queued_chunks", "Chunks waiting for a stage", labels=["pipe", "stage"])
         for h in list(getattr(rt, "_pipes", [])):
             st = h.status()
             for k, fam in {**pipe_g, **pipe_c}.items():
@@ -157,12 +159,14 @@ class _State:
                 for k, fam in stage.items():
                     fam.add_metric([h.name, sname], float(counts.get(k, 0)))
                 busy.add_metric([h.name, sname], float(counts.get("seconds", 0.0)))
+                queued.add_metric([h.name, sname], float(counts.get("queued", 0)))
         yield from pipe_g.values()
         yield from pipe_c.values()
         yield restarts
         yield up
         yield from stage.values()
         yield busy
+        yield queued
 
 
 __all__ = ["Metrics"]

@@ -62,6 +62,7 @@ def test_sigterm_drains_every_item_to_the_sink_and_exits_0(tmp_path):
         st = _status_when(url, lambda s: s["delivered"] >= 300)
         assert st["state"] == "running" and st["delivered"] >= 300
         assert set(st["stages"]) == {"tag", "double", "parity"} and st["stages"]["tag"]["per_second"] > 0
+        assert all(isinstance(s["queued"], int) for s in st["stages"].values())
         assert st["pools"]["default"]["workers"] == 2 and st["runner_pid"] != proc.pid
         metrics = _get(url + "/metrics")
         status = subprocess.run([*SLITHER, "status", url], capture_output=True, text=True, timeout=30)
@@ -83,6 +84,7 @@ def test_sigterm_drains_every_item_to_the_sink_and_exits_0(tmp_path):
     assert re.search(r'slither_pipe_stage_items_in_total\{pipe="ServePipe",stage="tag"\} [1-9]', metrics), metrics
     assert re.search(r'slither_batch_duration_seconds_count\{pipe="ServePipe",pool="default",stage="double"\} [1-9]', metrics)
     assert 'slither_pool_workers{pool="default"} 2.0' in metrics
+    assert 'slither_pipe_stage_queued_chunks{pipe="ServePipe",stage="double"}' in metrics
     assert status.returncode == 0 and "stage tag" in status.stdout and "pool default" in status.stdout, status
     assert wait_pids_gone(pids, timeout=10) == []
 

@@ -308,9 +308,12 @@ class PipeHandle:
 
     def status(self) -> dict:
         """``{"state", "submitted", "completed", "pending", "stages", "error", "runner_pid",
-        "restarts"}``: ``completed`` counts inputs all of whose results were taken,
-        ``pending`` the others; ``runner_pid`` is the process running the stages,
-        ``restarts`` how often it was restarted after a crash."""
+        "restarts", "subscribed", "producers"}``: ``completed`` counts inputs all of whose
+        results were taken, ``pending`` the others; ``stages`` has per stage the items in,
+        out, skipped and routed, its busy seconds and ``queued`` (chunks in its inbox, as
+        the runner last reported); ``runner_pid`` is the process running the stages,
+        ``restarts`` how often it was restarted after a crash; ``subscribed`` and
+        ``producers``: actors driving it (slither.actors)."""
         with self._lock:
             out = {
                 "state": self._state,
@@ -364,7 +367,7 @@ class LocalEngine:
         return drained
 
     def status(self) -> dict:
-        return {"stages": {k: dict(v) for k, v in self._run.stats.items()}, "runner_pid": os.getpid(), "restarts": 0}
+        return {"stages": self._run.stage_stats(), "runner_pid": os.getpid(), "restarts": 0}
 
 
 _PRIVATE = object()

@@ -147,6 +147,11 @@ class _Run:
         except queue.Full:
             pass  # the collector also checks self.error whenever it wakes
 
+    def stage_stats(self) -> dict:
+        """Per stage: items in, out, skipped, routed, busy seconds, and ``queued``, the chunks
+        waiting in its inbox."""
+        return {st.name: {**self.stats[st.name], "queued": self.inboxes[i].qsize()} for i, st in enumerate(self.pipe.stages)}
+
     def stage_info(self, i: int) -> tuple:
         """Stage ``i``'s (Context, declared outputs, error policy), made once."""
         info = self._stage_info.get(i)
