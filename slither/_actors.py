@@ -106,7 +106,7 @@ class RootSupervisor(Supervisor):
     def on_other_message(self, message, sender) -> None:
         # An actor's slither.actors message (Runtime.address is this root's): a long-lived pipe's
         # (it names the pipe) to the pipe supervisor, any other to the front door.
-        door = PIPES if isinstance(getattr(message, "pipe", None), str) else FRONT_DOOR
+        door = PIPES if isinstance(getattr(message, "pipe_target", None), str) else FRONT_DOOR
         front = next((c.address for c in self._children if c.spec.id == door), None)
         if front is not None:
             self.send(front, Forwarded(message, sender))

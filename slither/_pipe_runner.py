@@ -153,7 +153,7 @@ class PipeSupervisor(Supervisor):
         which owns the pipe's inputs (this address outlives every runner)."""
         if isinstance(message, Forwarded):
             message, sender = message.message, message.sender
-        name = getattr(message, "pipe", None)
+        name = getattr(message, "pipe_target", None)
         child = next((c for c in self._children if c.spec.id == name and isinstance(c.spec.init, PipeInit)), None)
         if child is None:
             running = sorted(c.spec.id for c in self._children)

@@ -204,6 +204,10 @@ class Demand:
     n: int = attrs.field()
     pipe: str | None = None
 
+    @property
+    def pipe_target(self) -> str | None:
+        return self.pipe
+
     @n.validator
     def _positive(self, _attr, value):
         if type(value) is not int or value < 1:
@@ -329,19 +333,23 @@ class Cancel:
 # -- long-lived pipes (Runtime.start_pipe(P, name=...)) --------------------------------
 
 
-def _check_pipe_name(_self, _attr, value) -> None:
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"pipe must be the pipe's name (start_pipe(name=...)), got {value!r}")
-
-
 def _check_window(_self, _attr, value) -> None:
     if type(value) is not int or value < 1:
         raise ConfigurationError(f"window must be an int >= 1, got {value!r}")
 
 
+def _pipe_named(msg) -> None:
+    target = msg.pipe_target
+    if not isinstance(target, str) or not target:
+        raise ConfigurationError(
+            f"{type(msg).__name__}: name the long-lived pipe (start_pipe(name=...)) as ref, or as pipe=; got {target!r}"
+        )
+
+
 @attrs.frozen(repr=False)
 class Submit:
-    """Payloads (or Items) for the long-lived pipe named ``pipe``, sent to ``Runtime.address``.
+    """Payloads (or Items) for a long-lived pipe, sent to ``Runtime.address``. The pipe is
+    ``pipe``, or ``ref`` when ``pipe`` is None (``Submit("scores", payloads)``).
 
     The first ``Submit`` of a ``(sender, ref)`` is answered with ``Credit(ref, window)``:
     that many of its payloads may be in the pipe at once. Each that comes out (all its
@@ -349,35 +357,51 @@ class Submit:
     whatever happens to its runner (see docs/actors.md).
     """
 
-    pipe: str = attrs.field(validator=_check_pipe_name)
-    ref: Any = None
+    ref: Any
     payloads: list = attrs.field(factory=list, converter=list)
+    pipe: str | None = None
     window: int = attrs.field(default=64, validator=_check_window)
     __repr__ = cheap_repr
     __deepcopy__ = _unpickled
 
+    def __attrs_post_init__(self):
+        _pipe_named(self)
+
+    @property
+    def pipe_target(self) -> Any:
+        return self.pipe if self.pipe is not None else self.ref
+
 
 @attrs.frozen(repr=False)
 class Subscribe:
-    """Make the sender the subscriber of the pipe named ``pipe``: from now on every result
-    goes to it as ``Output`` messages (``results()`` of the handle gets none), at most
-    ``demand`` of them before it grants more with ``Demand(ref, n, pipe=...)``."""
+    """Make the sender the subscriber of a long-lived pipe (``pipe``, or ``ref`` when
+    ``pipe`` is None): from now on every result goes to it as ``Output`` messages (the
+    handle's ``results()`` gets none), at most ``demand`` of them before it grants more
+    with ``Demand(ref, n, pipe=...)``."""
 
-    pipe: str = attrs.field(validator=_check_pipe_name)
-    ref: Any = None
+    ref: Any
     demand: int = attrs.field(default=8, validator=_check_window)
+    pipe: str | None = None
     __repr__ = cheap_repr
+
+    def __attrs_post_init__(self):
+        _pipe_named(self)
+
+    @property
+    def pipe_target(self) -> Any:
+        return self.pipe if self.pipe is not None else self.ref
 
 
 @attrs.frozen(repr=False)
 class Output:
-    """Results of a long-lived pipe for its subscriber: ``items`` left output ``output``
-    (``"skipped"`` for skipped ones). ``seq`` counts the Outputs from 0."""
+    """Results of a long-lived pipe for its subscriber: ``items`` left output
+    ``output_name`` (``"skipped"`` for skipped ones). ``ref`` is the subscription's;
+    ``seq`` counts its Outputs from 0."""
 
-    ref: Any
-    output: str
+    output_name: str
     items: list
-    seq: int
+    ref: Any = None
+    seq: int = 0
     __repr__ = cheap_repr
     __deepcopy__ = _unpickled
 

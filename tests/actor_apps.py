@@ -76,11 +76,11 @@ class PipeProducer(Actor):
         if isinstance(msg, tuple) and msg[0] == "produce":
             _, self.target, self.pipe, self.n = msg
             self.next, self.report = 0, sender
-            self.send(self.target, Submit(self.pipe, "prod", [], window=16))
+            self.send(self.target, Submit("prod", [], pipe=self.pipe, window=16))
         elif isinstance(msg, Credit):
             k = min(msg.n, self.n - self.next)
             if k:
-                self.send(self.target, Submit(self.pipe, "prod", list(range(self.next, self.next + k))))
+                self.send(self.target, Submit("prod", list(range(self.next, self.next + k)), pipe=self.pipe))
                 self.next += k
         elif isinstance(msg, PipeFailed):
             self.send(self.report, ("failed", msg.reason))
@@ -93,9 +93,9 @@ class PipeSubscriber(Actor):
         if isinstance(msg, tuple) and msg[0] == "subscribe":
             _, self.target, self.pipe, self.expect = msg
             self.got, self.report = [], sender
-            self.send(self.target, Subscribe(self.pipe, "sub", demand=4))
+            self.send(self.target, Subscribe("sub", demand=4, pipe=self.pipe))
         elif isinstance(msg, Output):
-            self.got.extend((msg.output, i.payload) for i in msg.items)
+            self.got.extend((msg.output_name, i.payload) for i in msg.items)
             self.send(self.target, Demand("sub", 1, pipe=self.pipe))
             if len(self.got) >= self.expect:
                 self.send(self.report, ("got", list(self.got)))

@@ -415,10 +415,14 @@ def test_actors_submit_with_credit_and_subscribe_with_demand_and_a_killed_runner
 def test_a_message_for_an_unknown_pipe_is_answered_with_pipe_failed(app):
     asys, rt = app
     with asys.private() as p:
-        p.tell(rt.address, Submit("no-such-pipe", "x", [1]))
+        p.tell(rt.address, Submit("no-such-pipe", [1]))  # the ref names the pipe
         msg = p.listen(30)
     assert isinstance(msg, PipeFailed) and isinstance(msg.reason, ConfigurationError)
     assert "no long-lived pipe named 'no-such-pipe'" in str(msg.reason)
+    with pytest.raises(ConfigurationError, match="Submit: name the long-lived pipe"):
+        Submit(("my", "ref"), [1])  # a ref that is not a name needs pipe=
+    with pytest.raises(ConfigurationError, match="window"):
+        Submit("p", [1], window=0)
 
 
 # -- a runtime started inside an actor -------------------------------------------------

@@ -129,7 +129,7 @@ class PipeHandle:
                     self._sub_demand -= 1
                     seq, self._sub_seq = self._sub_seq, self._sub_seq + 1
                     sub, ref = self._sub
-                self._rt._tell(sub, Output(ref, name, [it for _, it, _ in batch], seq))
+                self._rt._tell(sub, Output(name, [it for _, it, _ in batch], ref, seq))
                 for _, _, s in batch:
                     self._taken(s, 1)
         self._give_credit()

@@ -30,11 +30,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from types import MappingProxyType
 
 import attrs
 
 from slither._dispatch import Retry, Route
-from slither._item import Context, Item
+from slither._item import _EMPTY, Context, Item, _make
 from slither._pipe import stages
 from slither._pipe.definition import _SEQ, EOS, _policy
 from slither._pipe.stages import _crashed
@@ -256,9 +257,9 @@ class _Run:
 def _strip(item: Item) -> Item:
     if _SEQ not in item.meta:
         return item
-    meta = dict(item.meta)
-    meta.pop(_SEQ)
-    return Item(item.id, item.payload, meta, item.route)
+    rest = {k: v for k, v in item.meta.items() if k != _SEQ}
+    # _make, not Item(...): attrs' frozen __init__ and converter cost ~5x as much, per result
+    return _make(type(item), item.id, item.payload, MappingProxyType(rest) if rest else _EMPTY, item.route)
 
 
 def _collect(run: _Run) -> Iterator[tuple[str, Item]]:
