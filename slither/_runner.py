@@ -340,12 +340,12 @@ class _Plane:
         threading.Thread(target=self._forwarded, name="slither-runner-reg", daemon=True).start()
         if count == 0:
             self.close()
-            raise PoolDown(name, f"pool {name!r} has no worker on this host for a DispatchRunner to use")
+            raise PoolDown(
+                name, f"pool {name!r} has no worker on this host for a runner (an actor's Dispatch, a long-lived pipe) to use"
+            )
         if not self._first_worker(plane.start_timeout):
             self.close()
-            raise TimeoutError(
-                f"pool {name!r}: none of its {count} workers joined the DispatchRunner within {plane.start_timeout}s"
-            )
+            raise TimeoutError(f"pool {name!r}: none of its {count} workers joined the runner within {plane.start_timeout}s")
 
     def _first_worker(self, timeout: float) -> bool:
         """Wait for one worker to join (the others join as they finish what they run:

@@ -66,6 +66,16 @@ def test_pipes_affinity_and_telemetry_work_unchanged_across_hosts(leader):
     out = rt.run_pipe(AcrossHosts, range(30))["default"]
     assert sorted(i.payload[0] for i in out) == [(x + 1) ** 2 for x in range(30)]
     assert {i.payload[1] for i in out} & remote, "the member ran some of the pipe's batches"
+    # A long-lived one too: its stages stay in this process, where the member's workers are reachable.
+    h = rt.start_pipe(AcrossHosts)
+    try:
+        for x in range(30):
+            h.submit(x)
+        got = [item.payload for _, (_, item) in zip(range(30), h.results(timeout=60))]
+        assert h.status()["runner_pid"] == os.getpid()
+    finally:
+        h.stop()
+    assert sorted(p[0] for p in got) == [(x + 1) ** 2 for x in range(30)]
     # Session affinity: every batch of a session on one worker, whichever host it is on.
     for _ in range(4):
         ctx = slither.Context()

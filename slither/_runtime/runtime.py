@@ -402,6 +402,12 @@ class Runtime:
         return _pipe.start_pipe(pipe, runtime=self, **opts)
 
     def _pipe_engine(self, pipe, name, session_id, metadata, max_pending, restart, max_replays):
-        if self._pipe_sup is None:  # simpleSystemBase: no processes of its own, the stages are threads here
+        # simpleSystemBase: no processes of its own. A pool placed on convention members: a
+        # runner reaches only this host's workers. Either way the stages are threads here.
+        placed = any(
+            st.kind == "pool" and getattr(self.pool_specs.get(st.options.get("pool", "default")), "where", None) is not None
+            for st in pipe.stages
+        )
+        if self._pipe_sup is None or placed:
             return _pipe.LocalEngine(pipe, self, session_id, metadata, max_pending)
         return RemoteEngine(self, pipe, name, session_id, metadata, max_pending, restart, max_replays)
