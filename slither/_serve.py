@@ -17,7 +17,8 @@ while the pipe is full); the main thread takes the results and calls the sinks.
   a broker's offset) starts after it when ``serve`` starts again: at least once, end
   to end, across restarts of the service itself.
 * **Sinks.** ``--sink mod:fn`` is called as ``fn(output_name, item)`` for every item
-  that leaves the pipe, skipped ones under ``"skipped"``. ``--sink NAME=mod:fn`` takes
+  that leaves the pipe, skipped ones under ``"skipped"`` (a payload the pipe refuses,
+  one that cannot be pickled, too), one call at a time. ``--sink NAME=mod:fn`` takes
   output ``NAME`` only; every output needs a sink, checked at start.
 * **Stopping.** SIGTERM (or a first SIGINT) drains: no new input, everything in flight
   finished and handed to the sinks, then exit 0 (1 if ``--drain-timeout`` passed
@@ -141,6 +142,7 @@ class Service:
         self.error: BaseException | None = None
         self._finished: list[int] = []
         self._flock = threading.Lock()
+        self._sink_lock = threading.Lock()
 
     # -- running -------------------------------------------------------
     def run(self, status_port: int | None = None) -> int:
@@ -155,7 +157,7 @@ class Service:
             feeder = threading.Thread(target=self._feed, args=(source, acks), name="slither-serve-source", daemon=True)
             feeder.start()
             for name, item in self.handle.results():
-                self.sinks[name](name, item)
+                self._sink(name, item)
                 self.delivered += 1
                 self._ack()
                 if self.hard.is_set():
@@ -193,19 +195,19 @@ class Service:
                 if self.stopping.is_set():
                     break
                 position, payload = x if positioned else (None, x)
+                # Known before it can finish: its results may all be taken before submit returns.
+                acks.submitted(seq, position)
                 while not self.stopping.is_set():
                     try:
                         h.submit(payload, timeout=0.2)
                     except TimeoutError:
                         continue
-                    except SerializationError as exc:
-                        self.sinks["skipped"]("skipped", Item.wrap(None).put_meta({"skipped": True, "error": exc}))
-                        acks.submitted(seq, position)
-                        self._done_unsubmitted(seq)
-                        break
-                    acks.submitted(seq, position)
-                    seq += 1
-                    self.submitted += 1
+                    except SerializationError as exc:  # refused, so it ends here, as a skipped input
+                        self._sink("skipped", Item.wrap(None).put_meta({"skipped": True, "error": exc}))
+                        self._done(seq)
+                    else:
+                        self.submitted += 1
+                    seq += 1  # the handle numbers its inputs the same way, refused ones too
                     break
         except BaseException as exc:  # noqa: BLE001 - the source failed: drain what it gave, then exit 1
             self.error = exc
@@ -215,10 +217,9 @@ class Service:
         except BaseException as exc:  # noqa: BLE001
             self.error = self.error or exc
 
-    def _done_unsubmitted(self, seq: int) -> None:
-        # A payload the pipe refused keeps its seq free for the next one (the handle reuses it).
-        with self._flock:
-            self._finished.append(seq)
+    def _sink(self, name: str, item) -> None:
+        with self._sink_lock:  # one call at a time: the results' thread, or the source's for a refused payload
+            self.sinks[name](name, item)
 
     def stop(self, hard: bool = False) -> None:
         self.stopping.set()

@@ -8,6 +8,7 @@ acknowledged position), SERVE_LIMIT (how many payloads a source yields).
 import itertools
 import json
 import os
+import threading
 import time
 
 import slither
@@ -73,6 +74,18 @@ def resumable():
     return FileSource()
 
 
+class Refusing(FileSource):
+    """Positions 0..SERVE_LIMIT-1; the payload at position 5 cannot be pickled."""
+
+    def __iter__(self):
+        for n, payload in super().__iter__():
+            yield n, (threading.Lock() if n == 5 else payload)
+
+
+def refusing():
+    return Refusing()
+
+
 _out = None
 
 
@@ -80,4 +93,7 @@ def write(name, item):
     global _out
     if _out is None:
         _out = open(os.environ["SERVE_OUT"], "a", buffering=1)
+    if name == "skipped" and not isinstance(item.payload, dict):  # refused before it entered the pipe
+        _out.write(json.dumps({"output": name, "x": None, "error": type(item.meta["error"]).__name__}) + "\n")
+        return
     _out.write(json.dumps({"output": name, "x": item.payload["x"], "y": item.payload.get("y")}) + "\n")

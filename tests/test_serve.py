@@ -121,6 +121,17 @@ def test_a_restarted_service_resumes_after_the_sources_last_acknowledged_positio
     assert int(ack.read_text()) == limit - 1
 
 
+def test_a_payload_that_cannot_be_pickled_reaches_the_sink_skipped_and_acks_go_past_it(tmp_path):
+    ack = tmp_path / "ack"
+    proc, url = _serve(tmp_path, "--source", "servemod:refusing", env={"SERVE_ACK": str(ack), "SERVE_LIMIT": "40"})
+    out, err = proc.communicate(timeout=120)  # the source ends: drain, exit
+    assert proc.returncode == 0, err
+    got = _outputs(tmp_path)
+    assert sorted(r["x"] for r in got if r["x"] is not None) == [x for x in range(40) if x != 5]
+    assert [r for r in got if r["x"] is None] == [{"output": "skipped", "x": None, "error": "SerializationError"}]
+    assert ack.read_text() == "39"  # the refused one ended too: nothing stalls the acknowledgements
+
+
 def test_a_second_sigint_stops_a_drain_that_cannot_finish(tmp_path):
     proc, url = _serve(tmp_path, "--source", "servemod:stuck")
     try:

@@ -217,11 +217,9 @@ class PipeHandle:
         try:  # outside the lock: a local engine's send blocks while its first inbox is full
             self._engine.send(seq, item.put_meta({_SEQ: (seq,)}))
         except BaseException:
-            with self._lock:  # not accepted: as if never submitted
+            with self._lock:  # not accepted: as if never submitted (its seq stays unused)
                 self._outstanding.pop(seq, None)
                 self._submitted -= 1
-                if self._seq == seq + 1:
-                    self._seq = seq  # positions stay contiguous for a single submitter
             self._slots.release()
             raise
         return item
