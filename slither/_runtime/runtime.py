@@ -4,9 +4,14 @@ through one.
 
 ::
 
-    Runtime (this process)           the hub's threads; per pool: a timer, a backup reader
+    Runtime (this process)           the hub's threads; per pool: a timer, a backup reader;
+    │                                per long-lived pipe: its handle's link threads
     └── RootSupervisor               actor processes, all in the Thespian admin's
-        ├── StoreSupervisor          process group (never the caller's)
+        ├── DispatchSupervisor       process group (never the caller's)
+        │   └── DispatchRunner × actors' Dispatch messages (slither._runner)
+        ├── PipeSupervisor
+        │   └── PipeRunner × long-lived pipes (slither._pipe_runner)
+        ├── StoreSupervisor
         │   └── StoreServer × stores
         └── PoolSupervisor × pools
             └── Worker × size        a nanny each, which forks the worker process
