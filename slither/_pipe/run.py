@@ -35,7 +35,7 @@ from types import MappingProxyType
 import attrs
 
 from slither._dispatch import Retry, Route
-from slither._item import _EMPTY, Context, Item, _make
+from slither._item import _EMPTY, Context, Item, _make, _next_ids
 from slither._pipe import stages
 from slither._pipe.definition import _SEQ, EOS, _policy
 from slither._pipe.stages import _crashed
@@ -192,10 +192,17 @@ class _Run:
     def _feeder(self, source) -> None:
         n = 0
         chunk = []
+        ids = iter(())
         try:
             for x in source:
-                item = x if isinstance(x, Item) else Item.wrap(x)
-                chunk.append(item.put_meta({_SEQ: (n,)}))
+                if isinstance(x, Item):
+                    chunk.append(x.put_meta({_SEQ: (n,)}))
+                else:  # one Item, made with its position: ids in blocks of 1024, one lock a block
+                    i = next(ids, None)
+                    if i is None:
+                        ids = iter(_next_ids(1024))
+                        i = next(ids)
+                    chunk.append(_make(Item, i, x, MappingProxyType({_SEQ: (n,)}), "default"))
                 n += 1
                 if len(chunk) >= self.pipe.chunk_size:
                     if not self.put(self.inboxes[0], chunk):
