@@ -30,6 +30,7 @@ while the pipe is full); the main thread takes the results and calls the sinks.
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import json
 import os
@@ -355,6 +356,7 @@ def serve_main(args) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_int)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: every thread's stack, on stderr
     print(f"slither serve: {pipe.pipe_name} with {args.workers} workers; SIGTERM drains, a second Ctrl-C stops", flush=True)
     code = svc.run(args.status_port)
     print(

@@ -338,16 +338,25 @@ def _check_window(_self, _attr, value) -> None:
         raise ConfigurationError(f"window must be an int >= 1, got {value!r}")
 
 
-def _pipe_named(msg) -> None:
-    target = msg.pipe_target
-    if not isinstance(target, str) or not target:
-        raise ConfigurationError(
-            f"{type(msg).__name__}: name the long-lived pipe (start_pipe(name=...)) as ref, or as pipe=; got {target!r}"
-        )
+class _NamesAPipe:
+    """A message for the pipe named ``pipe``, or ``ref`` when ``pipe`` is None."""
+
+    __slots__ = ()
+
+    def __attrs_post_init__(self):
+        target = self.pipe_target
+        if not isinstance(target, str) or not target:
+            raise ConfigurationError(
+                f"{type(self).__name__}: name the long-lived pipe (start_pipe(name=...)) as ref, or as pipe=; got {target!r}"
+            )
+
+    @property
+    def pipe_target(self) -> Any:
+        return self.pipe if self.pipe is not None else self.ref
 
 
 @attrs.frozen(repr=False)
-class Submit:
+class Submit(_NamesAPipe):
     """Payloads (or Items) for a long-lived pipe, sent to ``Runtime.address``. The pipe is
     ``pipe``, or ``ref`` when ``pipe`` is None (``Submit("scores", payloads)``).
 
@@ -364,16 +373,9 @@ class Submit:
     __repr__ = cheap_repr
     __deepcopy__ = _unpickled
 
-    def __attrs_post_init__(self):
-        _pipe_named(self)
-
-    @property
-    def pipe_target(self) -> Any:
-        return self.pipe if self.pipe is not None else self.ref
-
 
 @attrs.frozen(repr=False)
-class Subscribe:
+class Subscribe(_NamesAPipe):
     """Make the sender the subscriber of a long-lived pipe (``pipe``, or ``ref`` when
     ``pipe`` is None): from now on every result goes to it as ``Output`` messages (the
     handle's ``results()`` gets none), at most ``demand`` of them before it grants more
@@ -383,13 +385,6 @@ class Subscribe:
     demand: int = attrs.field(default=8, validator=_check_window)
     pipe: str | None = None
     __repr__ = cheap_repr
-
-    def __attrs_post_init__(self):
-        _pipe_named(self)
-
-    @property
-    def pipe_target(self) -> Any:
-        return self.pipe if self.pipe is not None else self.ref
 
 
 @attrs.frozen(repr=False)

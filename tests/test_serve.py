@@ -47,6 +47,21 @@ def _status_when(url, cond, timeout=60):
         time.sleep(0.05)  # a scrape interval: the service's progress is what is awaited
 
 
+def _communicate(proc, timeout):
+    """communicate(), but a service that does not exit in time dumps its threads' stacks
+    (SIGUSR1, faulthandler) into the failure."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        try:
+            out, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        raise AssertionError(f"the service did not exit within {timeout}s; its threads:\n{err[-20000:]}") from None
+
+
 def _outputs(tmp_path, name="out.jsonl"):
     with open(tmp_path / name) as f:
         return [json.loads(line) for line in f]
@@ -142,7 +157,7 @@ def test_a_second_sigint_stops_a_drain_that_cannot_finish(tmp_path):
             if "draining" in line:
                 break
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        out, err = _communicate(proc, 60)
     finally:
         if proc.poll() is None:
             proc.kill()

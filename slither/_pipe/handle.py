@@ -106,14 +106,20 @@ class PipeHandle:
 
     def _feed_actor(self, payload, key) -> None:
         item = payload if isinstance(payload, Item) else Item.wrap(payload)
+        seq = self._register(key)
+        self._engine.send(seq, item.put_meta({_SEQ: (seq,)}))
+
+    def _register(self, origin: tuple | None = None) -> int:
+        """A new input's seq, counted as submitted; ``origin``: the actor's (producer, ref)."""
         with self._lock:
             seq = self._seq
             self._seq += 1
             self._submitted += 1
             self._outstanding[seq] = 1
-            self._origin[seq] = key
-            self._producers[key][1] += 1
-        self._engine.send(seq, item.put_meta({_SEQ: (seq,)}))
+            if origin is not None:
+                self._origin[seq] = origin
+                self._producers[origin][1] += 1
+        return seq
 
     def _flush_outputs(self) -> None:
         """Send the subscriber what its demand allows: an Output per run of one output's results."""
@@ -209,11 +215,7 @@ class PipeHandle:
         if self._state != "running":  # it failed while this submit waited for a slot
             self._raise_state()
         item = payload if isinstance(payload, Item) else Item.wrap(payload)
-        with self._lock:
-            seq = self._seq
-            self._seq += 1
-            self._submitted += 1
-            self._outstanding[seq] = 1
+        seq = self._register()
         try:  # outside the lock: a local engine's send blocks while its first inbox is full
             self._engine.send(seq, item.put_meta({_SEQ: (seq,)}))
         except BaseException:

@@ -200,17 +200,7 @@ class RemoteEngine:
                     if rec is not None:
                         rec.link = link
                         blobs.append(blob)
-            try:
-                if blobs:
-                    _wire.send(conn, ("in", blobs))
-                if end:
-                    _wire.send(conn, ("eos",))
-            except OSError:
-                pass  # that runner died: its replacement is sent everything unfinished
-            finally:
-                with self._cv:
-                    self._busy = False
-                    self._cv.notify_all()
+            self._write(conn, [("in", blobs)] if blobs else [], end)
 
     def _reader(self, s) -> None:
         try:
@@ -356,8 +346,15 @@ class RemoteEngine:
                 return
             self._busy = True
             rec.link = self._links
-        try:  # the link is idle: straight from the submitting thread, one thread switch fewer
-            _wire.send(conn, ("in", [blob]))
+        self._write(conn, [("in", [blob])])  # the link is idle: from the submitting thread, one switch fewer
+
+    def _write(self, conn, frames: list, end: bool = False) -> None:
+        """Frames onto the link by the thread that set ``_busy``; then the link is free again."""
+        try:
+            for frame in frames:
+                _wire.send(conn, frame)
+            if end:
+                _wire.send(conn, ("eos",))
         except OSError:
             pass  # that runner died: its replacement is sent everything unfinished
         finally:
