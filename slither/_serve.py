@@ -157,12 +157,19 @@ class Service:
             acks = self._acks = _Acks(source)
             feeder = threading.Thread(target=self._feed, args=(source, acks), name="slither-serve-source", daemon=True)
             feeder.start()
-            for name, item in self.handle.results():
-                self._sink(name, item)
-                self.delivered += 1
-                self._ack()
-                if self.hard.is_set():
-                    break
+            while not self.hard.is_set():
+                try:
+                    # A timeout, so this (the main) thread wakes now and then: Python runs signal
+                    # handlers only here, and a signal the kernel gave another thread waits for it.
+                    for name, item in self.handle.results(timeout=0.25):
+                        self._sink(name, item)
+                        self.delivered += 1
+                        self._ack()
+                        if self.hard.is_set():
+                            break
+                    break  # the pipe ended
+                except TimeoutError:
+                    continue
             self._ack()
             feeder.join(5)
         except BaseException as exc:  # noqa: BLE001 - reported and the exit code says so

@@ -74,6 +74,7 @@ class RemoteEngine:
         self._quarantine: deque = deque()  # seqs of inputs in flight at two runner deaths or more
         self._probe: int | None = None  # the suspect now in flight: the next waits for it
         self._busy = False  # a thread is writing to the link: the others queue (frames stay in order)
+        self._tail: tuple | None = None  # (link, the unsent rest of a frame): the sender writes it first
         self._conn = None
         self._draining = False
         self._closed = False
@@ -152,6 +153,7 @@ class RemoteEngine:
             self._links += 1
             self._gone.clear()
             self._probe = None
+            self._tail = None  # the rest of a frame for the link it replaces
             verdicts = [(seq, rec, self._verdict(rec)) for seq, rec in sorted(self._inflight.items())]
             again = [(seq, rec) for seq, rec, v in verdicts if v is None]
             self._quarantine = deque(seq for seq, rec in again if rec.deaths >= 2)
@@ -169,6 +171,8 @@ class RemoteEngine:
     def _can_send(self) -> bool:
         if self._conn is None or self._busy:
             return False
+        if self._tail is not None:
+            return True  # the rest of a frame a submitter could not write at once: first
         if self._quarantine:
             return self._probe is None  # one suspect at a time, each once the last came out
         return bool(self._outgoing) and self._probe is None
@@ -181,16 +185,19 @@ class RemoteEngine:
                     return
                 conn, link = self._conn, self._links
                 self._busy = True
+                bufs: list = []
+                if self._tail is not None:  # (_attach drops the tail of a link it replaces)
+                    (_, bufs), self._tail = self._tail, None
                 blobs: list = []
                 end = False
-                if self._quarantine:  # a suspect alone; the rest waits for it
+                if not bufs and self._quarantine:  # a suspect alone; the rest waits for it
                     seq = self._quarantine.popleft()
                     rec = self._inflight.get(seq)
                     if rec is not None:
                         self._probe = seq
                         rec.link = link
                         blobs.append(rec.blob)
-                while not self._quarantine and self._probe is None and self._outgoing and len(blobs) < 256:
+                while not bufs and not self._quarantine and self._probe is None and self._outgoing and len(blobs) < 256:
                     entry = self._outgoing.popleft()
                     if entry is _END:
                         end = True
@@ -200,7 +207,8 @@ class RemoteEngine:
                     if rec is not None:
                         rec.link = link
                         blobs.append(blob)
-            self._write(conn, [("in", blobs)] if blobs else [], end)
+            frames = ([("in", blobs)] if blobs else []) + ([("eos",)] if end else [])
+            self._write_buffers(conn, bufs + [b for f in frames for b in _wire.dumps(f)], block=True)
 
     def _reader(self, s) -> None:
         try:
@@ -338,7 +346,7 @@ class RemoteEngine:
             ) from exc
         with self._cv:
             rec = self._inflight[seq] = _Input(blob)
-            idle = not self._busy and not self._outgoing and not self._quarantine and self._probe is None
+            idle = not self._busy and self._tail is None and not self._outgoing and not self._quarantine and self._probe is None
             conn = self._conn if idle else None
             if conn is None:
                 self._outgoing.append((seq, blob))  # the sender thread takes it, in turn
@@ -346,19 +354,23 @@ class RemoteEngine:
                 return
             self._busy = True
             rec.link = self._links
-        self._write(conn, [("in", [blob])])  # the link is idle: from the submitting thread, one switch fewer
+        # The link is idle: from the submitting thread, one thread switch fewer. Never blocking
+        # it: what the socket will not take at once (a runner stuck in a handler reads nothing)
+        # is left to the sender thread, and submit keeps its own timeout.
+        self._write_buffers(conn, _wire.dumps(("in", [blob])), block=False)
 
-    def _write(self, conn, frames: list, end: bool = False) -> None:
-        """Frames onto the link by the thread that set ``_busy``; then the link is free again."""
+    def _write_buffers(self, conn, bufs: list, block: bool) -> None:
+        """Bytes onto the link by the thread that set ``_busy``; then the link is free again
+        (for the sender thread first, if some of them are left)."""
+        rest: list = []
         try:
-            for frame in frames:
-                _wire.send(conn, frame)
-            if end:
-                _wire.send(conn, ("eos",))
+            rest = _wire.send_buffers(conn, bufs, block=block)
         except OSError:
             pass  # that runner died: its replacement is sent everything unfinished
         finally:
             with self._cv:
+                if rest and conn is self._conn:  # a link replaced meanwhile gets everything again anyway
+                    self._tail = (conn, rest)
                 self._busy = False
                 self._cv.notify_all()
 
