@@ -206,6 +206,7 @@ class Demand:
 
     @property
     def pipe_target(self) -> str | None:
+        """The long-lived pipe this Demand is for (its subscriber's), or None: a dispatch's."""
         return self.pipe
 
     @n.validator
@@ -235,7 +236,8 @@ class Feed:
 
 @attrs.frozen(repr=False)
 class Credit:
-    """The runner has room for ``n`` more fed items."""
+    """Room for ``n`` more items: a DispatchRunner's for ``Feed``, or a long-lived pipe's
+    for a producer's ``Submit``."""
 
     ref: Any
     n: int
@@ -352,6 +354,7 @@ class _NamesAPipe:
 
     @property
     def pipe_target(self) -> Any:
+        """The name of the pipe the message is for: ``pipe``, or ``ref`` when ``pipe`` is None."""
         return self.pipe if self.pipe is not None else self.ref
 
 

@@ -97,6 +97,7 @@ class Metrics:
     content_type = "text/plain; version=0.0.4; charset=utf-8"
 
     def close(self) -> None:
+        """Detach this object's telemetry handlers (its registry keeps what it counted)."""
         for hid in self._ids:
             telemetry.detach(hid)
         self._ids = []

@@ -97,6 +97,9 @@ def _count(path: str) -> int | None:
 
 @attrs.define
 class SoakReport:
+    """What one :func:`soak` measured: inputs, kills, results per minute, what went missing
+    or came twice, and the growth of memory, descriptors and threads."""
+
     seconds: float
     submitted: int = 0
     delivered: int = 0
@@ -112,6 +115,7 @@ class SoakReport:
     stderr: str = ""
 
     def check(self, rss_growth_mb: float = 20.0) -> None:
+        """Raise AssertionError naming every promise the run broke (see the module docstring)."""
         problems = []
         if self.exit_code != 0:
             problems.append(f"the service exited {self.exit_code}: {self.stderr[-2000:]}")
