@@ -25,6 +25,7 @@ Handler = Callable[[Event, Mapping, Mapping], None]
 _lock = threading.Lock()
 _handlers: dict[str, tuple[frozenset, Handler]] = {}
 _by_event: dict[Event, list[tuple[str, Handler]]] = {}
+_watchers: list[Callable[[], None]] = []  # called after every attach and detach (_watch)
 
 
 def _rebuild() -> None:
@@ -48,6 +49,7 @@ def attach(handler_id: str, events: Iterable[Event], fn: Handler) -> None:
             raise ValueError(f"telemetry handler {handler_id!r} is already attached")
         _handlers[handler_id] = (evs, fn)
         _rebuild()
+    _changed()
 
 
 def detach(handler_id: str) -> bool:
@@ -55,7 +57,26 @@ def detach(handler_id: str) -> bool:
     with _lock:
         found = _handlers.pop(handler_id, None) is not None
         _rebuild()
+    _changed()
     return found
+
+
+def _watch(fn: Callable[[], None], on: bool = True) -> None:
+    """Call ``fn()`` after every attach and detach (``on=False``: no more). A process
+    that emits on this one's behalf (a pipe's runner) learns this way what to send."""
+    with _lock:
+        if on:
+            _watchers.append(fn)
+        elif fn in _watchers:
+            _watchers.remove(fn)
+
+
+def _changed() -> None:
+    for fn in list(_watchers):
+        try:
+            fn()
+        except Exception:
+            logger.exception("telemetry watcher {!r} raised", fn)
 
 
 def has_handlers(event: Event) -> bool:

@@ -3,6 +3,8 @@
 import itertools
 import os
 import signal
+import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -412,3 +414,34 @@ def test_long_lived_pipe_keeps_serving_after_a_handler_exits(prt):
         assert h.status()["state"] == "running"
     finally:
         h.stop()
+
+
+def _slow_inc(item, ctx):
+    time.sleep(0.02)  # the stage's work: its pool stage has long finished the last batch
+    return item.payload + 1
+
+
+def _square_all(xs):
+    return [x * x for x in xs]
+
+
+def test_new_input_reaches_an_idle_pool_stage_from_the_thread_that_fed_it(prt):
+    """An idle pool stage does not wake its own thread for new input: the upstream
+    stage's thread submits the batch (a thread switch fewer on a long-lived pipe's path)."""
+
+    class Fed(Pipe):
+        stages = [stage.inline("prep", handler=_slow_inc), stage.pool("square", fn=_square_all, batch_size=1)]
+        chunk_size = 1
+
+    submitters = []
+    slither.telemetry.attach(
+        "fed", [("slither", "dispatch", "batch", "start")], lambda e, m, md: submitters.append(threading.current_thread().name)
+    )
+    try:
+        out = prt.run_pipe(Fed, range(12))
+    finally:
+        slither.telemetry.detach("fed")
+    assert [i.payload for i in out["default"]] == [(x + 1) ** 2 for x in range(12)]
+    assert len(submitters) == 12
+    by_prep = sum(name.endswith("-prep") for name in submitters)
+    assert by_prep >= 6, submitters  # scheduling may let the stage's own thread take one now and then

@@ -317,3 +317,59 @@ def test_in_the_debugging_base_the_stages_are_threads_of_the_caller():
         assert next(h.results(timeout=30))[1].payload == 9
         assert h.status()["runner_pid"] == os.getpid()
         h.stop()
+
+
+def test_a_result_is_read_by_the_thread_waiting_for_it(rt, monkeypatch):
+    """The consumer in results() reads the link itself: no hand-off from a reader thread."""
+    from slither._pipe_runner import engine
+
+    readers = []
+    real = engine.RemoteEngine._frame
+
+    def spy(self, msg):
+        if msg[0] == "out":
+            readers.append(threading.current_thread())
+        return real(self, msg)
+
+    monkeypatch.setattr(engine.RemoteEngine, "_frame", spy)
+    h = rt.start_pipe(Three)
+    try:
+        results = h.results(timeout=30)
+        for k in range(20):
+            h.submit(k)
+            assert next(results)[1].payload == (k + 1) ** 2
+    finally:
+        h.stop()
+    assert len(readers) == 20
+    assert readers.count(threading.current_thread()) >= 10, readers  # the link's thread may read one now and then
+
+
+def test_the_runner_forwards_only_the_events_the_caller_listens_to(rt, monkeypatch):
+    """No handler: no event crosses the link. One attached while the pipe runs: its
+    events come from the next input on (the runner is told before that input)."""
+    forwarded = []
+    real = slither.telemetry.emit
+
+    def spy(event, measurements=None, metadata=None):
+        if metadata and "runner" in metadata:
+            forwarded.append(event)
+        real(event, measurements, metadata)
+
+    monkeypatch.setattr(slither.telemetry, "emit", spy)
+    h = rt.start_pipe(Three)
+    got = []
+    try:
+        results = h.results(timeout=30)
+        h.submit(1)
+        next(results)
+        assert forwarded == []
+        slither.telemetry.attach("late", [("slither", "pipe", "stage", "stop")], lambda e, m, md: got.append(md["stage"]))
+        try:
+            h.submit(2)
+            next(results)  # its stages' events travel ahead of its result, on the same link
+        finally:
+            slither.telemetry.detach("late")
+    finally:
+        h.stop()
+    assert {"inc", "square"} <= set(got)
+    assert set(forwarded) == {("slither", "pipe", "stage", "stop")}  # batch events: nobody listened

@@ -17,12 +17,19 @@ How a dispatch travels::
 The loop runs in the caller's thread (the fast path: no thread hand-off per
 batch); while it waits, that thread also reads the pool's sockets (see
 ``slither._pool.receiver``).
+
+A pipe's pool stage is fed by other threads (``wakeable``): its loop holds the
+stage's turn except while it waits, and a thread putting new input in the
+stage's inbox while it waits takes the turn and submits the batches itself
+(:meth:`_Dispatch.wake`), so new input reaches a worker without waking the
+stage's thread; the reply then wakes it, as any reply does.
 """
 
 from __future__ import annotations
 
 import heapq
 import queue
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -111,6 +118,9 @@ class _Dispatch:
         self._q: queue.SimpleQueue | None = None  # the queue __iter__ waits on (cancel() wakes it)
         self.allow_idle = False  # pipe stages set it: their strategy may yield None for "no input yet"
         self.wakeable = False  # ...and this: new input calls wake(), so an idle wait may block
+        self._turn: threading.Lock | None = None  # wakeable: held by whoever runs the loop's steps
+        self._w: _Window | None = None  # wakeable: the window, for wake() to take input into
+        self._woke_error: BaseException | None = None  # what a take in wake() raised, for the loop to raise
         self._auto = self.strategy if type(self.strategy) is AutoBatch else None
         self._last_reply: dict = {}  # worker pid -> when its last reply came (AutoBatch)
 
@@ -234,12 +244,29 @@ class _Dispatch:
                 self.pool.wake()  # a thread reading the pool's sockets looks at its queue
 
     def wake(self) -> None:
-        """New input for a pipe stage: the thread waiting for its results takes it at once."""
+        """New input for a pipe stage. While the stage waits, the calling thread takes
+        the input and submits its batches itself; otherwise the stage's thread is told
+        to take it at once."""
         q = self._q
-        if q is not None:
-            q.put(None)
-            if self.pool is not None:
-                self.pool.wake()  # a thread reading the pool's sockets looks at its queue
+        if q is None:
+            return
+        turn = self._turn
+        if turn is not None and turn.acquire(blocking=False):
+            try:
+                w = self._w
+                if w is None or self.cancelled:
+                    return
+                try:
+                    self._take(w)
+                except BaseException as exc:  # noqa: BLE001 - raised by the loop, in the stage's thread
+                    self._woke_error = exc
+                if not w.exhausted and self._woke_error is None:
+                    return  # its replies wake the stage, as any reply does
+            finally:
+                turn.release()
+        q.put(None)
+        if self.pool is not None:
+            self.pool.wake()  # a thread reading the pool's sockets looks at its queue
 
     # -- the loop ----------------------------------------------------------
     def __iter__(self) -> Iterator[list[Item]]:
@@ -252,6 +279,10 @@ class _Dispatch:
         else:
             source = iter(self.strategy.batches(wrapped(self.items)))
         w = _Window(q, source)
+        if self.wakeable:
+            self._turn = threading.Lock()
+            self._turn.acquire()
+            self._w = w
         interrupted = False
         try:
             while not self.cancelled:
@@ -264,7 +295,7 @@ class _Dispatch:
                 self._take(w)
                 if w.exhausted and w.count == 0:
                     return
-                if w.count - len(w.ready) == 0 and not w.retries:
+                if w.count - len(w.ready) == 0 and not w.retries and not (w.idle and self.wakeable):
                     continue  # nothing in flight: go take more input
                 msg = self._next_message(w)
                 if msg is None or msg is _CANCELLED or self.cancelled:
@@ -281,6 +312,9 @@ class _Dispatch:
             interrupted = True
             raise
         finally:
+            if self._turn is not None:
+                self._w = None
+                self._turn.release()
             if self.pool is not None:
                 self.pool.cancel(self, kill_running=interrupted)
 
@@ -319,12 +353,22 @@ class _Dispatch:
         wait = max(0.0, w.retries[0][0] - time.monotonic()) if w.retries else None
         if w.idle and not self.wakeable:
             wait = 0.0
-        # Sliced waits keep the caller responsive to signals (Ctrl-C) whatever the platform.
-        timeout = 0.5 if wait is None else min(wait, 0.5)
+        # Sliced waits keep the caller responsive to signals (Ctrl-C) whatever the platform; an
+        # idle pipe stage looks at its pipe's cancel as often as its inbox used to be polled.
+        timeout = (0.1 if w.idle else 0.5) if wait is None else min(wait, 0.5)
+        turn = self._turn
+        if turn is not None:
+            turn.release()  # new input may be taken and submitted by its feeder meanwhile (wake)
         try:
             msg = w.q.get(timeout=timeout) if self.pool is None else self.pool.wait(w.q, timeout)
         except queue.Empty:
             msg = None
+        finally:
+            if turn is not None:
+                turn.acquire()
+        if self._woke_error is not None:
+            err, self._woke_error = self._woke_error, None
+            raise err
         now = time.monotonic()
         while w.retries and w.retries[0][0] <= now:
             self._submit(heapq.heappop(w.retries)[2], w.q)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -237,24 +238,48 @@ class PipeHandle:
         Raises ``TimeoutError`` when nothing arrives for ``timeout`` seconds,
         and the pipe's ``PipeError`` (or ``PipeDown``) if it failed.
         """
+
+        def ready():
+            # "draining" is not the end: results keep coming until the engine ends.
+            return self._results or self._collected or self._error is not None or self._state == "stopped"
+
         while True:
+            if not self._await(ready, timeout):
+                raise TimeoutError(f"no result from pipe {self.name!r} within {timeout}s")
             with self._cv:
-                # "draining" is not the end: results keep coming until the engine ends.
-                ok = self._cv.wait_for(
-                    lambda: self._results or self._collected or self._error is not None or self._state == "stopped", timeout
-                )
-                if not ok:
-                    raise TimeoutError(f"no result from pipe {self.name!r} within {timeout}s")
                 if self._results:
                     name, item, seq = self._results.popleft()
                 elif self._error is not None:
                     raise self._error
-                else:
+                elif ready():
                     return
+                else:
+                    continue  # another consumer took it
             self._taken(seq, 1)
             if self._producers:
                 self._give_credit()
             yield name, item
+
+    def _await(self, ready: Callable[[], Any], timeout: float | None) -> bool:
+        """Wait until ``ready()``, reading the engine's link in this thread while nobody else
+        does (the result then reaches this thread without a switch); False after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._cv:
+                if ready():
+                    return True
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                if not self._engine.can_read():  # the thread that reads notifies us (_poke)
+                    self._cv.wait(left)
+                    continue
+            self._engine.read_until(ready, left)
+
+    def _poke(self) -> None:
+        """The engine's link is free to read again: a waiting consumer may take it."""
+        with self._cv:
+            self._cv.notify_all()
 
     async def asubmit(self, payload: Any, timeout: float | None = None) -> Item:
         """``await`` :meth:`submit` (waits on a thread while the pipe is full: the loop runs on)."""
@@ -351,6 +376,12 @@ class LocalEngine:
             self._handle._ended("failed", exc)
             return
         self._handle._ended("stopped")
+
+    def can_read(self) -> bool:
+        return False  # results come through the collecting thread's _deliver
+
+    def read_until(self, ready, timeout) -> bool:
+        return False
 
     def send(self, seq: int, item: Item) -> None:
         if not self._run.put(self._run.inboxes[0], [item]):

@@ -173,7 +173,6 @@ def pool(run, i, st, nxt) -> None:
         **opts,
     )
     disp.allow_idle = disp.wakeable = True
-    batcher.run = disp
     run.inboxes[i].waker = disp.wake  # a result and new input both end the stage's wait
     s = run.stats[st.name]
     t_last = time.monotonic()
@@ -231,28 +230,23 @@ class _Failed:
 
 class _InboxBatcher:
     """A pool stage's strategy: batches of up to ``size`` from whatever its inbox
-    holds. Yields None ("no input yet") while the stage has batches in flight,
-    so their results are delivered without waiting for more input; the dispatch
-    then waits for a result or for the inbox's wake-up, whichever comes first."""
+    holds. Yields None ("no input yet") when the inbox is empty, so results are
+    delivered without waiting for more input; the dispatch then waits for a
+    result or for the inbox's wake-up (``_Dispatch.wake``), whichever comes first."""
 
     def __init__(self, run, inbox: queue.Queue, size: int, strategy=None):
         self.r = run
         self.inbox = inbox
         self.size = size
         self.strategy = strategy
-        self.run = None
 
     def batches(self, _items):
         buf: list[Item] = []
         done = False
         while not done or buf:
             if not done:
-                busy = self.run is not None and self.run.in_flight > 0
-                try:
-                    if busy:  # no waiting here: the dispatch waits for results and new input alike
-                        chunk = self.inbox.get_nowait()
-                    else:
-                        chunk = self.inbox.get(timeout=0.005 if buf else 0.1)
+                try:  # no waiting here: the dispatch waits for results and new input alike
+                    chunk = self.inbox.get_nowait()
                 except queue.Empty:
                     chunk = None
                 if self.r.cancel.is_set():
@@ -264,8 +258,7 @@ class _InboxBatcher:
                     if len(buf) < self.size and not self.inbox.empty():
                         continue
                 elif not buf:
-                    if busy:
-                        yield None
+                    yield None
                     continue
             if self.strategy is not None:
                 yield from self.strategy.batches(buf)

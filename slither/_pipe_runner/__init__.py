@@ -14,6 +14,8 @@ directory; every incarnation of the runner connects to it (``hello``), sets itse
 and says ``ready`` (or ``failed``: the start failed, nothing restarts it). Frames::
 
     handle → runner   ("in", [pickled Item, ...])  ("eos",)
+                      ("listen", [event, ...])   the telemetry events to forward: those the
+                                                 caller has handlers for (first, and on change)
     runner → handle   ("hello", token, pid)  ("ready",)  ("failed", error)
                       ("out", [(output, Item), ...], stats | None)  ("fanout", key, extra)
                       ("event", event, measurements, metadata)  ("eos", stats)

@@ -1,14 +1,21 @@
 """The handle's side of a supervised pipe (``RemoteEngine``): the link's listener, the
 inputs kept until they are done and replayed to a restarted runner, the deduplication of
-results, and the verdicts on poison and hung inputs."""
+results, and the verdicts on poison and hung inputs.
+
+Reading the link. The thread waiting in ``PipeHandle.results()`` reads the link itself
+(:meth:`RemoteEngine.read_until`), so a result reaches its consumer without a thread
+switch; the link's own thread reads only what arrives while nobody waits (a subscriber
+actor's outputs, telemetry, the end). One reader at a time: the link's reading right (``_Link.take``)."""
 
 from __future__ import annotations
 
 import os
 import pickle
 import secrets
+import select
 import sys
 import threading
+import time
 from collections import deque
 
 from loguru import logger
@@ -17,7 +24,7 @@ from slither import _pickle, _wire, telemetry
 from slither._dispatch import Retry, Route
 from slither._pipe import check_handlers_travel
 from slither._pipe.definition import _SEQ, _policy
-from slither._pipe_runner.runner import PipeRunner
+from slither._pipe_runner.runner import FORWARDED, PipeRunner
 from slither._pipe_runner.supervisor import PipeInit
 from slither._runner import RunnerPlane
 from slither.errors import PipeDown, PipeError, RunnerDied, SerializationError, StageTimeout, WorkerCrashed
@@ -39,6 +46,37 @@ class _Input:
 
 
 _END = object()  # the end of input, in the outgoing queue
+
+
+class _Link:
+    """One runner's link socket and the right to read it: whoever holds it reads.
+
+    The right is a flag under a condition, not a Lock tried without blocking: a thread
+    woken with such a lock holds it before it has the GIL back to mark it held, so
+    ``locked()`` says free while a try fails, and a consumer looping on the two would
+    spin for a whole GIL switch interval (5 ms) instead of reading."""
+
+    __slots__ = ("sock", "cv", "reader", "lost")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.cv = threading.Condition(threading.Lock())
+        self.reader = False  # a thread holds the reading right
+        self.lost = False
+
+    def take(self, wait: bool) -> bool:
+        with self.cv:
+            if wait:
+                self.cv.wait_for(lambda: not self.reader)
+            elif self.reader:
+                return False
+            self.reader = True
+            return True
+
+    def give(self) -> None:
+        with self.cv:
+            self.reader = False
+            self.cv.notify()
 
 
 class RemoteEngine:
@@ -76,6 +114,12 @@ class RemoteEngine:
         self._busy = False  # a thread is writing to the link: the others queue (frames stay in order)
         self._tail: tuple | None = None  # (link, the unsent rest of a frame): the sender writes it first
         self._conn = None
+        self._link: _Link | None = None  # the current runner's (its socket is _conn)
+        self._wake_r, self._wake_w = os.pipe()  # ends the wait of a consumer reading the link
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._listen: tuple | None = None  # events to tell the runner to forward (_listen_changed), not sent yet
+        self._reading = 0  # consumers in read_until: the last one out closes the wake pipe after _close
         self._draining = False
         self._closed = False
         self._ready = threading.Event()
@@ -88,6 +132,7 @@ class RemoteEngine:
         self._stats: dict = {}
         self._handle = None
         self._listener = _wire.listen(self._path)
+        telemetry._watch(self._listen_changed)
 
     # -- start ---------------------------------------------------------
     def start(self, handle) -> None:
@@ -147,8 +192,9 @@ class RemoteEngine:
         are not blamed for it."""
         if self._conn is not None:
             self._gone.wait(2.0)  # the dead runner's last frames (a "hung") are read first
+        link = _Link(s)
         with self._cv:
-            old, self._conn = self._conn, s
+            old, self._conn, self._link = self._conn, s, link
             self._runner_pid = pid
             self._links += 1
             self._gone.clear()
@@ -160,18 +206,26 @@ class RemoteEngine:
             self._outgoing = deque((seq, rec.blob) for seq, rec in again if rec.deaths < 2)
             if self._draining:
                 self._outgoing.append(_END)
+            self._listen = tuple(e for e in FORWARDED if telemetry.has_handlers(e))  # before any input
             self._cv.notify_all()
         if old is not None:
-            _close_socket(old)
+            _shutdown(old)  # its reader thread closes it
         for _, rec, v in verdicts:
             if v is not None:
                 self._give_up(rec, *v)
-        threading.Thread(target=self._reader, args=(s,), name=f"slither-pipe-{self.name}-out", daemon=True).start()
+        threading.Thread(target=self._reader, args=(link,), name=f"slither-pipe-{self.name}-out", daemon=True).start()
+        self._handle._poke()  # a consumer waiting while there was no link reads this one
+
+    def _listen_changed(self) -> None:
+        """A telemetry handler came or went in this process: tell the runner what to forward."""
+        with self._cv:
+            self._listen = tuple(e for e in FORWARDED if telemetry.has_handlers(e))
+            self._cv.notify_all()
 
     def _can_send(self) -> bool:
         if self._conn is None or self._busy:
             return False
-        if self._tail is not None:
+        if self._tail is not None or self._listen is not None:
             return True  # the rest of a frame a submitter could not write at once: first
         if self._quarantine:
             return self._probe is None  # one suspect at a time, each once the last came out
@@ -188,6 +242,7 @@ class RemoteEngine:
                 bufs: list = []
                 if self._tail is not None:  # (_attach drops the tail of a link it replaces)
                     (_, bufs), self._tail = self._tail, None
+                listen, self._listen = (self._listen, None) if not bufs else (None, self._listen)
                 blobs: list = []
                 end = False
                 if not bufs and self._quarantine:  # a suspect alone; the rest waits for it
@@ -207,50 +262,142 @@ class RemoteEngine:
                     if rec is not None:
                         rec.link = link
                         blobs.append(blob)
-            frames = ([("in", blobs)] if blobs else []) + ([("eos",)] if end else [])
+            frames = ([("listen", listen)] if listen is not None else []) + ([("in", blobs)] if blobs else [])
+            frames += [("eos",)] if end else []
             self._write_buffers(conn, bufs + [b for f in frames for b in _wire.dumps(f)], block=True)
 
-    def _reader(self, s) -> None:
+    def _reader(self, link: _Link) -> None:
+        """The link's own reader: it reads what arrives while no consumer holds the right."""
+        poller = select.poll()
+        poller.register(link.sock, select.POLLIN)
         try:
-            while True:
-                msg = _wire.recv(s)
-                kind = msg[0]
-                if kind == "out":
-                    for name, item in msg[1]:
-                        self._result(name, item)
-                    if msg[2] is not None:
-                        self._stats = msg[2]
-                elif kind == "fanout":
-                    self._fanout(msg[1], msg[2])
-                elif kind == "event":
-                    telemetry.emit(msg[1], msg[2], {**msg[3], "runner": self.name})
-                elif kind == "ready":
-                    self._ready.set()
-                elif kind == "hung":
-                    err = StageTimeout(msg[1], msg[2])
-                    with self._cv:
-                        for key in msg[3]:
-                            rec = self._inflight.get(key[0])
-                            if rec is not None:
-                                rec.hung = err
-                elif kind == "eos":
-                    if msg[1] is not None:
-                        self._stats = msg[1]
-                    self._eos.set()
-                    self._end("stopped")
-                elif kind == "failed":
-                    if not self._ready.is_set():
-                        self._start_error = msg[1]
-                        self._ready.set()
-                    self._end("failed", msg[1])
-        except (OSError, EOFError, ValueError):
-            pass
+            while not link.lost:
+                poller.poll()
+                link.take(wait=True)  # waits while a consumer reads (it may take what woke us: look again)
+                try:
+                    if not link.lost:
+                        self._read_frame(link, 0)
+                finally:
+                    link.give()
+                self._handle._poke()  # a consumer waiting on the handle may take the right now
         finally:
+            link.take(wait=True)  # no consumer is in poll() on the socket: its number may be reused
+            link.sock.close()
+
+    def read_until(self, ready, timeout: float | None) -> bool:
+        """Read the link in the calling thread until ``ready()`` or ``timeout`` seconds
+        pass; False at once when another thread has the reading right or there is no link
+        (it, or the next link's reader, wakes the handle's waiters)."""
+        with self._cv:
+            link = self._link
+            if self._closed or link is None or link.lost or not link.take(wait=False):
+                return False
+            self._reading += 1
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not link.lost and not self._over.is_set() and not ready():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                if not self._read_frame(link, left, wake=True):
+                    break  # woken: the handle's state may have changed
+        finally:
+            link.give()
             with self._cv:
-                if self._conn is s:
-                    self._conn = None
-                    self._gone.set()
-            _close_socket(s)
+                self._reading -= 1
+                if self._closed and not self._reading:
+                    self._close_wake()
+            self._handle._poke()
+        return True
+
+    def can_read(self) -> bool:
+        """A consumer may take the reading right now (nobody holds it)."""
+        link = self._link
+        return link is not None and not link.lost and not link.reader and not self._over.is_set()
+
+    def _wake(self) -> None:
+        with self._cv:
+            if self._wake_w is None:
+                return
+            try:
+                os.write(self._wake_w, b"\0")
+            except OSError:
+                pass  # full: a wake-up is pending anyway
+
+    def _close_wake(self) -> None:
+        """Close the wake pipe, once no consumer polls it (under the lock)."""
+        if self._wake_w is not None:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = None
+
+    def _read_frame(self, link: _Link, timeout: float | None, wake: bool = False) -> bool:
+        """Handle the next frame on ``link`` (holding its right), waiting at most
+        ``timeout``; False when nothing came or, with ``wake``, on a wake-up."""
+        s = link.sock
+        try:
+            if timeout is not None or wake:
+                poller = select.poll()
+                poller.register(s, select.POLLIN)
+                if wake:
+                    poller.register(self._wake_r, select.POLLIN)
+                events = poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))
+                if not any(fd == s.fileno() for fd, _ in events):
+                    if wake:
+                        try:
+                            while os.read(self._wake_r, 4096):
+                                pass
+                        except OSError:
+                            pass
+                    return False
+            self._frame(_wire.recv(s))
+            return True
+        except (OSError, EOFError, ValueError):
+            self._lost(link)
+            return False
+
+    def _lost(self, link: _Link) -> None:
+        """The link closed, or failed: the runner is gone (its replacement gets a new one)."""
+        with self._cv:
+            if link.lost:
+                return
+            link.lost = True
+            if self._link is link:
+                self._link = None
+                self._conn = None
+                self._gone.set()
+        _shutdown(link.sock)  # its reader thread wakes, and closes it
+
+    def _frame(self, msg) -> None:
+        kind = msg[0]
+        if kind == "out":
+            for name, item in msg[1]:
+                self._result(name, item)
+            if msg[2] is not None:
+                self._stats = msg[2]
+        elif kind == "fanout":
+            self._fanout(msg[1], msg[2])
+        elif kind == "event":
+            telemetry.emit(msg[1], msg[2], {**msg[3], "runner": self.name})
+        elif kind == "ready":
+            self._ready.set()
+        elif kind == "hung":
+            err = StageTimeout(msg[1], msg[2])
+            with self._cv:
+                for key in msg[3]:
+                    rec = self._inflight.get(key[0])
+                    if rec is not None:
+                        rec.hung = err
+        elif kind == "eos":
+            if msg[1] is not None:
+                self._stats = msg[1]
+            self._eos.set()
+            self._end("stopped")
+        elif kind == "failed":
+            if not self._ready.is_set():
+                self._start_error = msg[1]
+                self._ready.set()
+            self._end("failed", msg[1])
 
     def _verdict(self, rec: _Input):
         """None to run ``rec`` again in the new runner, else (output, error, stage) it ends in."""
@@ -334,6 +481,7 @@ class RemoteEngine:
         if not self._over.is_set():
             self._over.set()
             self._handle._ended(state, error)
+            self._wake()
 
     # -- the handle's calls ----------------------------------------------
     def send(self, seq: int, item) -> None:
@@ -346,7 +494,8 @@ class RemoteEngine:
             ) from exc
         with self._cv:
             rec = self._inflight[seq] = _Input(blob)
-            idle = not self._busy and self._tail is None and not self._outgoing and not self._quarantine and self._probe is None
+            idle = not self._busy and self._tail is None and self._listen is None and not self._outgoing
+            idle = idle and not self._quarantine and self._probe is None
             conn = self._conn if idle else None
             if conn is None:
                 self._outgoing.append((seq, blob))  # the sender thread takes it, in turn
@@ -396,13 +545,21 @@ class RemoteEngine:
             self._rt._ask(self._rt._pipe_sup, StopChild(self.name), ChildStopped)
 
     def _close(self) -> None:
+        telemetry._watch(self._listen_changed, on=False)
         with self._cv:
             self._closed = True
-            conn, self._conn = self._conn, None
+            conn, self._conn, link = self._conn, None, self._link
             self._cv.notify_all()
-        _close_socket(self._listener)
-        if conn is not None:
-            _close_socket(conn)
+        _shutdown(self._listener)
+        _close(self._listener)
+        if link is not None:
+            self._lost(link)  # its reader thread closes the socket
+        elif conn is not None:
+            _shutdown(conn)
+        self._wake()
+        with self._cv:
+            if not self._reading:
+                self._close_wake()
         try:
             os.unlink(self._path)
         except OSError:
@@ -413,11 +570,15 @@ class RemoteEngine:
         return {"stages": stages, "runner_pid": self._runner_pid, "restarts": max(0, self._links - 1)}
 
 
-def _close_socket(s) -> None:
+def _shutdown(s) -> None:
+    """Ends every wait on ``s`` (its reader sees the end); closing it is the reader's."""
     try:
         s.shutdown(2)
     except OSError:
         pass
+
+
+def _close(s) -> None:
     try:
         s.close()
     except OSError:

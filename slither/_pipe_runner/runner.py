@@ -21,7 +21,7 @@ from slither._runner import RunnerPlane, _Plane
 from slither.errors import ConfigurationError, SerializationError
 from slither.supervision import ExitingNormally, SupervisedActor
 
-_FORWARDED = [
+FORWARDED = [
     ("slither", "pipe", "stage", "stop"),
     ("slither", "pipe", "stage", "exception"),
     ("slither", "dispatch", "batch", "stop"),
@@ -88,6 +88,7 @@ class _Serve:
         self.finished = False
         self._lock = threading.Lock()
         self._link = None
+        self._forwarding: set = set()  # the FORWARDED events the caller listens to (_listen)
 
     def start(self) -> None:
         threading.Thread(target=self._main, name="slither-pipe-runner", daemon=True).start()
@@ -149,8 +150,6 @@ class _Serve:
         run.fanout = lambda key, extra: self._send(("fanout", key, extra))
         run.out = _LinkOut(self, run)
         run.on_hung = self._hung
-        for event in _FORWARDED:
-            telemetry.attach(f"slither-runner-{'-'.join(event)}", [event], self._event)
         run.start(None)
         self._send(("ready",))
         threading.Thread(target=self._read, args=(run,), name="slither-pipe-runner-in", daemon=True).start()
@@ -172,6 +171,18 @@ class _Serve:
         self._send(("hung", st.name, st.options["timeout"], keys))
         os._exit(75)
 
+    def _listen(self, events) -> None:
+        """Forward exactly the events the caller has handlers for: the others cost the
+        stages their metadata and the link a frame each, for nobody."""
+        for event in FORWARDED:
+            hid = f"slither-runner-{'-'.join(event)}"
+            if event in events and event not in self._forwarding:
+                telemetry.attach(hid, [event], self._event)
+                self._forwarding.add(event)
+            elif event not in events and event in self._forwarding:
+                telemetry.detach(hid)
+                self._forwarding.discard(event)
+
     def _event(self, event, measurements, metadata) -> None:
         self._send(("event", event, dict(measurements), {k: _portable(v) for k, v in metadata.items()}))
 
@@ -188,6 +199,8 @@ class _Serve:
                             return
                 elif msg[0] == "eos":
                     run.put(run.inboxes[0], EOS)
+                elif msg[0] == "listen":
+                    self._listen(msg[1])
         except (OSError, EOFError, ValueError):
             run.cancel.set()  # the handle is gone (or stopped the pipe): end
 
