@@ -416,32 +416,56 @@ def test_long_lived_pipe_keeps_serving_after_a_handler_exits(prt):
         h.stop()
 
 
-def _slow_inc(item, ctx):
-    time.sleep(0.02)  # the stage's work: its pool stage has long finished the last batch
-    return item.payload + 1
-
-
 def _square_all(xs):
     return [x * x for x in xs]
 
 
-def test_new_input_reaches_an_idle_pool_stage_from_the_thread_that_fed_it(prt):
-    """An idle pool stage does not wake its own thread for new input: the upstream
-    stage's thread submits the batch (a thread switch fewer on a long-lived pipe's path)."""
+def _trickle(n):
+    for x in range(n):
+        time.sleep(0.02)  # a slow source (the workload's shape): the pool stage is idle when each input comes
+        yield x
 
-    class Fed(Pipe):
-        stages = [stage.inline("prep", handler=_slow_inc), stage.pool("square", fn=_square_all, batch_size=1)]
-        chunk_size = 1
 
-    submitters = []
+class Fed(Pipe):
+    stages = [stage.inline("prep", handler=inc), stage.pool("square", fn=_square_all, batch_size=1)]
+    chunk_size = 1
+
+
+def _submitters(rt, source, pipe=Fed):
+    """Names of the threads that submitted each batch of Fed's pool stage, and its output."""
+    names = []
     slither.telemetry.attach(
-        "fed", [("slither", "dispatch", "batch", "start")], lambda e, m, md: submitters.append(threading.current_thread().name)
+        "fed", [("slither", "dispatch", "batch", "start")], lambda e, m, md: names.append(threading.current_thread().name)
     )
     try:
-        out = prt.run_pipe(Fed, range(12))
+        out = rt.run_pipe(pipe, source)
     finally:
         slither.telemetry.detach("fed")
-    assert [i.payload for i in out["default"]] == [(x + 1) ** 2 for x in range(12)]
-    assert len(submitters) == 12
-    by_prep = sum(name.endswith("-prep") for name in submitters)
-    assert by_prep >= 6, submitters  # scheduling may let the stage's own thread take one now and then
+    return names, [i.payload for i in out["default"]]
+
+
+def test_new_input_reaches_an_idle_pool_stage_from_the_thread_that_fed_it(prt):
+    """An idle pool stage does not wake its own thread for new input when the stage
+    feeding it has nothing else waiting: that stage's thread submits the batch (a thread
+    switch fewer on a long-lived pipe's path)."""
+    names, out = _submitters(prt, _trickle(12))
+    assert out == [(x + 1) ** 2 for x in range(12)]
+    assert len(names) == 12
+    assert sum(n.endswith("-prep") for n in names) >= 4, names  # scheduling may let the stage's thread take some
+
+
+def _slow_inc(item, ctx):
+    time.sleep(0.005)  # I/O-bound work (the workload's shape): more input queues up behind it
+    return item.payload + 1
+
+
+def test_a_feeder_with_more_input_waiting_leaves_the_submitting_to_the_pool_stage(prt):
+    """The feeding stage's own inbox holds more: its work is the pipe's critical path, so
+    the pool stage's thread submits (only the last inputs may find that inbox empty)."""
+
+    class SlowFed(Fed):
+        stages = [stage.inline("prep", handler=_slow_inc), Fed.stages[1]]
+
+    names, out = _submitters(prt, list(range(30)), SlowFed)
+    assert out == [(x + 1) ** 2 for x in range(30)]
+    assert sum(n.endswith("-prep") for n in names) <= 3, names

@@ -20,9 +20,11 @@ batch); while it waits, that thread also reads the pool's sockets (see
 
 A pipe's pool stage is fed by other threads (``wakeable``): its loop holds the
 stage's turn except while it waits, and a thread putting new input in the
-stage's inbox while it waits takes the turn and submits the batches itself
-(:meth:`_Dispatch.wake`), so new input reaches a worker without waking the
-stage's thread; the reply then wakes it, as any reply does.
+stage's inbox while it waits, with nothing else waiting for it, takes the turn
+and submits the batches itself (:meth:`_Dispatch.wake`), so new input reaches
+a worker without waking the stage's thread; the reply then wakes it, as any
+reply does. A feeder with more input of its own waiting leaves the submitting
+to the stage's thread: its own work is the pipe's critical path.
 """
 
 from __future__ import annotations
@@ -243,14 +245,14 @@ class _Dispatch:
             if self.pool is not None:
                 self.pool.wake()  # a thread reading the pool's sockets looks at its queue
 
-    def wake(self) -> None:
+    def wake(self, take: bool = True) -> None:
         """New input for a pipe stage. While the stage waits, the calling thread takes
-        the input and submits its batches itself; otherwise the stage's thread is told
-        to take it at once."""
+        the input and submits its batches itself (with ``take``: it has nothing else
+        waiting for it); otherwise the stage's thread is told to take it at once."""
         q = self._q
         if q is None:
             return
-        turn = self._turn
+        turn = self._turn if take else None
         if turn is not None and turn.acquire(blocking=False):
             try:
                 w = self._w

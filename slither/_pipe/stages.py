@@ -173,7 +173,11 @@ def pool(run, i, st, nxt) -> None:
         **opts,
     )
     disp.allow_idle = disp.wakeable = True
-    run.inboxes[i].waker = disp.wake  # a result and new input both end the stage's wait
+    # New input ends the stage's wait. The thread that put it submits the batch itself when
+    # it has nothing else waiting: the stage feeding this one (the nearest with an inbox of
+    # its own) has an empty inbox, or is a thread outside the run (a feeder, the link).
+    feeder = next((q for q in reversed(run.inboxes[:i]) if isinstance(q, queue.Queue)), None)
+    run.inboxes[i].waker = disp.wake if feeder is None else lambda: disp.wake(take=feeder.empty())
     s = run.stats[st.name]
     t_last = time.monotonic()
     it = iter(disp)

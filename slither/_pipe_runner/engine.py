@@ -49,34 +49,54 @@ _END = object()  # the end of input, in the outgoing queue
 
 
 class _Link:
-    """One runner's link socket and the right to read it: whoever holds it reads.
+    """One runner's link socket and the right to read it (``reader``: who holds it).
+
+    A consumer takes the right while it waits for results. The link's own thread takes
+    it only once nobody has for a while (``IDLE``), and hands it back as soon as a
+    consumer asks (``wanted``, and a byte on its wake pipe), as a pool's receiver does;
+    so, while a consumer keeps coming back, one thread is woken per frame, not two.
 
     The right is a flag under a condition, not a Lock tried without blocking: a thread
     woken with such a lock holds it before it has the GIL back to mark it held, so
     ``locked()`` says free while a try fails, and a consumer looping on the two would
     spin for a whole GIL switch interval (5 ms) instead of reading."""
 
-    __slots__ = ("sock", "cv", "reader", "lost")
+    __slots__ = ("sock", "cv", "reader", "taken", "wanted", "lost", "wake_r", "wake_w")
+
+    IDLE = 0.01  # seconds without a consumer before the link's thread reads
 
     def __init__(self, sock):
         self.sock = sock
         self.cv = threading.Condition(threading.Lock())
-        self.reader = False  # a thread holds the reading right
+        self.reader: str | None = None  # "consumer", "backup" (the link's thread) or "gone"
+        self.taken = 0  # how often a consumer took the right
+        self.wanted = False  # a consumer asks the link's thread for the right
         self.lost = False
+        self.wake_r, self.wake_w = os.pipe()  # ends the link thread's poll() when a consumer asks
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
 
-    def take(self, wait: bool) -> bool:
+    def take(self, timeout: float | None) -> bool:
+        """The right for a consumer: at once if free, after a hand-over from the link's
+        thread if it reads; False if another consumer has it (or the link is gone)."""
         with self.cv:
-            if wait:
-                self.cv.wait_for(lambda: not self.reader)
-            elif self.reader:
+            if self.reader == "backup":
+                self.wanted = True
+                try:
+                    os.write(self.wake_w, b"\0")
+                except OSError:
+                    pass  # full: a wake-up is pending anyway
+                self.cv.wait_for(lambda: self.reader != "backup", timeout)
+            if self.reader is not None or self.lost:
                 return False
-            self.reader = True
+            self.reader = "consumer"
+            self.taken += 1
             return True
 
     def give(self) -> None:
         with self.cv:
-            self.reader = False
-            self.cv.notify()
+            self.reader = None
+            self.cv.notify_all()
 
 
 class RemoteEngine:
@@ -267,21 +287,31 @@ class RemoteEngine:
             self._write_buffers(conn, bufs + [b for f in frames for b in _wire.dumps(f)], block=True)
 
     def _reader(self, link: _Link) -> None:
-        """The link's own reader: it reads what arrives while no consumer holds the right."""
-        poller = select.poll()
-        poller.register(link.sock, select.POLLIN)
+        """The link's own thread: it reads while no consumer has for a while (a subscriber
+        actor's outputs, telemetry, the end, a runner's death), until one asks."""
+        idle = 0.0  # at first it reads at once: the runner's "ready" comes before any consumer
         try:
             while not link.lost:
-                poller.poll()
-                link.take(wait=True)  # waits while a consumer reads (it may take what woke us: look again)
+                with link.cv:
+                    taken = link.taken
+                    if idle:  # no event says "no consumer took the right for a while": look again then
+                        link.cv.wait_for(lambda: link.lost, idle)
+                    idle = _Link.IDLE
+                    if link.lost or link.reader is not None or link.taken != taken:
+                        continue
+                    link.reader, link.wanted = "backup", False
                 try:
-                    if not link.lost:
-                        self._read_frame(link, 0)
+                    while not link.lost and not link.wanted:
+                        self._read_frame(link, 0.25, link.wake_r)
                 finally:
                     link.give()
                 self._handle._poke()  # a consumer waiting on the handle may take the right now
         finally:
-            link.take(wait=True)  # no consumer is in poll() on the socket: its number may be reused
+            with link.cv:
+                link.cv.wait_for(lambda: link.reader is None)  # no consumer polls the socket now
+                link.reader = "gone"
+                for fd in (link.wake_r, link.wake_w):
+                    os.close(fd)
             link.sock.close()
 
     def read_until(self, ready, timeout: float | None) -> bool:
@@ -290,30 +320,36 @@ class RemoteEngine:
         (it, or the next link's reader, wakes the handle's waiters)."""
         with self._cv:
             link = self._link
-            if self._closed or link is None or link.lost or not link.take(wait=False):
+            if self._closed or link is None or link.lost:
                 return False
             self._reading += 1
+        if not link.take(timeout):
+            self._left_reading()
+            return False
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
             while not link.lost and not self._over.is_set() and not ready():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
-                if not self._read_frame(link, left, wake=True):
+                if not self._read_frame(link, left, self._wake_r):
                     break  # woken: the handle's state may have changed
         finally:
             link.give()
-            with self._cv:
-                self._reading -= 1
-                if self._closed and not self._reading:
-                    self._close_wake()
+            self._left_reading()
             self._handle._poke()
         return True
 
+    def _left_reading(self) -> None:
+        with self._cv:
+            self._reading -= 1
+            if self._closed and not self._reading:
+                self._close_wake()
+
     def can_read(self) -> bool:
-        """A consumer may take the reading right now (nobody holds it)."""
+        """A consumer may take the reading right now (no other consumer holds it)."""
         link = self._link
-        return link is not None and not link.lost and not link.reader and not self._over.is_set()
+        return link is not None and not link.lost and link.reader != "consumer" and not self._over.is_set()
 
     def _wake(self) -> None:
         with self._cv:
@@ -331,25 +367,22 @@ class RemoteEngine:
             os.close(self._wake_w)
             self._wake_r = self._wake_w = None
 
-    def _read_frame(self, link: _Link, timeout: float | None, wake: bool = False) -> bool:
+    def _read_frame(self, link: _Link, timeout: float | None, wake_r: int) -> bool:
         """Handle the next frame on ``link`` (holding its right), waiting at most
-        ``timeout``; False when nothing came or, with ``wake``, on a wake-up."""
+        ``timeout``; False when nothing came, or on a byte on ``wake_r``."""
         s = link.sock
         try:
-            if timeout is not None or wake:
-                poller = select.poll()
-                poller.register(s, select.POLLIN)
-                if wake:
-                    poller.register(self._wake_r, select.POLLIN)
-                events = poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))
-                if not any(fd == s.fileno() for fd, _ in events):
-                    if wake:
-                        try:
-                            while os.read(self._wake_r, 4096):
-                                pass
-                        except OSError:
-                            pass
-                    return False
+            poller = select.poll()
+            poller.register(s, select.POLLIN)
+            poller.register(wake_r, select.POLLIN)
+            events = poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))
+            if not any(fd == s.fileno() for fd, _ in events):
+                try:
+                    while os.read(wake_r, 4096):
+                        pass
+                except OSError:
+                    pass
+                return False
             self._frame(_wire.recv(s))
             return True
         except (OSError, EOFError, ValueError):
@@ -367,6 +400,8 @@ class RemoteEngine:
                 self._conn = None
                 self._gone.set()
         _shutdown(link.sock)  # its reader thread wakes, and closes it
+        with link.cv:
+            link.cv.notify_all()
 
     def _frame(self, msg) -> None:
         kind = msg[0]
