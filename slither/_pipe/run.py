@@ -46,8 +46,9 @@ _CHUNK = {"inline": stages.inline_chunk, "router": stages.route_chunk}
 
 
 class _Inbox(queue.Queue):
-    """A stage's inbox. A pool stage sets ``waker``: called after each put, it ends the
-    stage's wait for results so the new input is batched at once."""
+    """A stage's inbox. A pool stage sets ``waker``: called after each put, it has the new
+    input batched at once (by the putting thread itself while the stage waits, see
+    ``_Dispatch.wake``, or by the stage's thread, its wait ended)."""
 
     waker: Callable[[], None] | None = None
 
