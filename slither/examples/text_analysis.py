@@ -1,10 +1,11 @@
 """text_analysis: documents through prepare (inline) → analyze (pool) → classify (router).
 
-25,000 documents of 80–200 words drawn with a seeded RNG from a fixed
+12,500 documents of 160–400 words drawn with a seeded RNG from a fixed
 36-word vocabulary. Tokenizing and scoring them is pure Python, so threads
 of one process take turns on the GIL while two workers really run at once.
 The workers read a stopword Store; each keeps process-local totals, probed
-at the end and checked to merge to exactly 25,000 documents.
+at the end and checked to merge to exactly 12,500 documents. Long documents:
+the work a worker does on one, against what moving it costs.
 """
 
 from __future__ import annotations
@@ -59,13 +60,13 @@ VOCAB = [
 STOPWORDS = ["the", "a", "of", "and", "to", "in", "is", "it"]
 POSITIVE = {"good", "great", "happy", "excellent", "love", "bright", "calm", "kind", "beautiful"}
 NEGATIVE = {"bad", "poor", "sad", "terrible", "hate", "dark", "angry", "cruel"}
-N_DOCS = 25_000
+N_DOCS = 12_500
 
 
 @functools.lru_cache(maxsize=2)
 def _documents(n: int, seed: int) -> tuple[str, ...]:
     rng = random.Random(seed)
-    return tuple(" ".join(rng.choices(VOCAB, k=rng.randint(80, 200))) for _ in range(n))
+    return tuple(" ".join(rng.choices(VOCAB, k=rng.randint(160, 400))) for _ in range(n))
 
 
 def make_documents(n: int = N_DOCS, seed: int = 42) -> list[str]:
