@@ -5,7 +5,8 @@ results, and the verdicts on poison and hung inputs.
 Reading the link. The thread waiting in ``PipeHandle.results()`` reads the link itself
 (:meth:`RemoteEngine.read_until`), so a result reaches its consumer without a thread
 switch; the link's own thread reads only what arrives while nobody waits (a subscriber
-actor's outputs, telemetry, the end). One reader at a time: the link's reading right (``_Link.take``)."""
+actor's outputs, telemetry, the end). One reader at a time: the link's reading right
+(``_Link.take``)."""
 
 from __future__ import annotations
 
@@ -246,7 +247,7 @@ class RemoteEngine:
         if self._conn is None or self._busy:
             return False
         if self._tail is not None or self._listen is not None:
-            return True  # the rest of a frame a submitter could not write at once: first
+            return True  # the rest of a frame a submitter could not write at once, or what to forward: first
         if self._quarantine:
             return self._probe is None  # one suspect at a time, each once the last came out
         return bool(self._outgoing) and self._probe is None
