@@ -49,6 +49,7 @@ class PipeHandle:
         self._state = "running"
         self._error: BaseException | None = None
         self._collected = False  # set when the engine has delivered the run's last result
+        self._waiting = 0  # consumers waiting on _cv for a result (not reading the link themselves)
         self._submitted = 0
         self._completed = 0
         self._seq = 0
@@ -73,7 +74,8 @@ class PipeHandle:
                 self._sub_buf.append((name, _strip(item), seq))
             else:
                 self._results.append((name, _strip(item), seq))
-                self._cv.notify_all()
+                if self._waiting:  # a consumer reading the link itself needs no wake-up
+                    self._cv.notify_all()
                 return
         self._flush_outputs()
 
@@ -272,14 +274,19 @@ class PipeHandle:
                 if left is not None and left <= 0:
                     return False
                 if not self._engine.can_read():  # the thread that reads notifies us (_poke)
-                    self._cv.wait(left)
+                    self._waiting += 1
+                    try:
+                        self._cv.wait(left)
+                    finally:
+                        self._waiting -= 1
                     continue
             self._engine.read_until(ready, left)
 
     def _poke(self) -> None:
         """The engine's link is free to read again: a waiting consumer may take it."""
-        with self._cv:
-            self._cv.notify_all()
+        with self._cv:  # _waiting is read under the lock: a consumer about to wait is counted
+            if self._waiting:
+                self._cv.notify_all()
 
     async def asubmit(self, payload: Any, timeout: float | None = None) -> Item:
         """``await`` :meth:`submit` (waits on a thread while the pipe is full: the loop runs on)."""

@@ -96,8 +96,11 @@ class _Link:
 
     def give(self) -> None:
         with self.cv:
-            self.reader = None
-            self.cv.notify_all()
+            backup, self.reader = self.reader == "backup", None
+            # Consumers may wait for the link's thread to hand over; that thread waits for a
+            # consumer only to close a lost link (its idle wait must not wake at every result).
+            if backup or self.lost:
+                self.cv.notify_all()
 
 
 class RemoteEngine:
