@@ -103,6 +103,9 @@ class Receiver:
                 self.wake()
             self._followers.append(q)
             try:
+                # Sound because _rx is taken only without blocking (but at close): a thread woken
+                # in a blocking acquire holds a lock before it has the GIL back to mark it held,
+                # and this loop would spin meanwhile (see slither._pipe_runner.engine._Link).
                 if not self._rx.locked():
                     continue  # the reader left between our two looks: take over
                 left = deadline - time.monotonic()
