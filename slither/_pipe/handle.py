@@ -385,9 +385,11 @@ class LocalEngine:
         self._handle._ended("stopped")
 
     def can_read(self) -> bool:
-        return False  # results come through the collecting thread's _deliver
+        """Never: results come through the collecting thread's ``_deliver``."""
+        return False
 
     def read_until(self, ready, timeout) -> bool:
+        """Nothing to read in the consumer's thread (see :meth:`can_read`)."""
         return False
 
     def send(self, seq: int, item: Item) -> None:

@@ -73,7 +73,9 @@ class _Link:
         self.taken = 0  # how often a consumer took the right
         self.wanted = False  # a consumer asks the link's thread for the right
         self.lost = False
-        self.wake_r, self.wake_w = os.pipe()  # ends the link thread's poll() when a consumer asks
+        # Ends the poll() of whoever holds the right: the link's thread when a consumer asks
+        # for it, a consumer when the pipe ends. The link's thread closes it, last.
+        self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
 
@@ -83,16 +85,26 @@ class _Link:
         with self.cv:
             if self.reader == "backup":
                 self.wanted = True
-                try:
-                    os.write(self.wake_w, b"\0")
-                except OSError:
-                    pass  # full: a wake-up is pending anyway
+                self._nudge()
                 self.cv.wait_for(lambda: self.reader != "backup", timeout)
             if self.reader is not None or self.lost:
                 return False
             self.reader = "consumer"
             self.taken += 1
             return True
+
+    def wake(self) -> None:
+        """End the wait of whoever reads (the handle's state changed)."""
+        with self.cv:
+            self._nudge()
+
+    def _nudge(self) -> None:
+        if self.reader == "gone":
+            return  # its wake pipe is closed
+        try:
+            os.write(self.wake_w, b"\0")
+        except OSError:
+            pass  # full: a wake-up is pending anyway
 
     def give(self) -> None:
         with self.cv:
@@ -139,11 +151,7 @@ class RemoteEngine:
         self._tail: tuple | None = None  # (link, the unsent rest of a frame): the sender writes it first
         self._conn = None
         self._link: _Link | None = None  # the current runner's (its socket is _conn)
-        self._wake_r, self._wake_w = os.pipe()  # ends the wait of a consumer reading the link
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
         self._listen: tuple | None = None  # events to tell the runner to forward (_listen_changed), not sent yet
-        self._reading = 0  # consumers in read_until: the last one out closes the wake pipe after _close
         self._draining = False
         self._closed = False
         self._ready = threading.Event()
@@ -326,9 +334,7 @@ class RemoteEngine:
             link = self._link
             if self._closed or link is None or link.lost:
                 return False
-            self._reading += 1
         if not link.take(timeout):
-            self._left_reading()
             return False
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -336,19 +342,12 @@ class RemoteEngine:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
-                if not self._read_frame(link, left, self._wake_r):
+                if not self._read_frame(link, left, link.wake_r):
                     break  # woken: the handle's state may have changed
         finally:
             link.give()
-            self._left_reading()
             self._handle._poke()
         return True
-
-    def _left_reading(self) -> None:
-        with self._cv:
-            self._reading -= 1
-            if self._closed and not self._reading:
-                self._close_wake()
 
     def can_read(self) -> bool:
         """A consumer may take the reading right now (no other consumer holds it)."""
@@ -356,20 +355,10 @@ class RemoteEngine:
         return link is not None and not link.lost and link.reader != "consumer" and not self._over.is_set()
 
     def _wake(self) -> None:
-        with self._cv:
-            if self._wake_w is None:
-                return
-            try:
-                os.write(self._wake_w, b"\0")
-            except OSError:
-                pass  # full: a wake-up is pending anyway
-
-    def _close_wake(self) -> None:
-        """Close the wake pipe, once no consumer polls it (under the lock)."""
-        if self._wake_w is not None:
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._wake_r = self._wake_w = None
+        """The pipe ended: a consumer reading the link looks at the handle again."""
+        link = self._link
+        if link is not None:
+            link.wake()
 
     def _read_frame(self, link: _Link, timeout: float | None, wake_r: int) -> bool:
         """Handle the next frame on ``link`` (holding its right), waiting at most
@@ -592,13 +581,9 @@ class RemoteEngine:
         _shutdown(self._listener)
         _close(self._listener)
         if link is not None:
-            self._lost(link)  # its reader thread closes the socket
+            self._lost(link)  # a consumer reading it wakes; its reader thread closes the socket
         elif conn is not None:
             _shutdown(conn)
-        self._wake()
-        with self._cv:
-            if not self._reading:
-                self._close_wake()
         try:
             os.unlink(self._path)
         except OSError:
