@@ -5,8 +5,11 @@ fixture as a user would on their own pipelines.
 """
 
 import importlib.util
+from array import array
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import slither
 from slither.cli import main
@@ -50,6 +53,35 @@ def test_safe_baselines_pass_and_unsafe_run():
 
 
 @pytest.mark.slither(pools={"default": {"size": 2, "max_restarts": 50}}, stores=[text_analysis.StopwordStore])
+def test_a_batch_holding_poison_fails_before_computing_anything(monkeypatch):
+    """Its healthy datasets are re-dispatched one by one after it: computed once in all."""
+    computed = []
+    real = batch_stats.dataset_stats
+    monkeypatch.setattr(batch_stats, "dataset_stats", lambda values: computed.append(values) or real(values))
+    monkeypatch.setattr(batch_stats, "_acc", batch_stats.Welford())
+    healthy = {"id": 0, "kind": "large", "values": array("d", [1.0, 2.0, 4.0])}
+    for k, poison in enumerate(([1.0, None], [1.0, "NaN", 2.0], [])):
+        with pytest.raises((TypeError, ValueError)):
+            batch_stats.stats_batch([healthy, {"id": k + 1, "kind": "poison", "values": poison}])
+    assert computed == [] and batch_stats._acc.n == 0
+    (out,) = batch_stats.stats_batch([healthy])
+    assert out["n"] == 3 and batch_stats._acc.n == 3
+
+
+@given(st.lists(st.one_of(st.floats(-1e6, 1e6), st.integers(-(10**6), 10**6), st.none(), st.booleans(), st.text(max_size=3))))
+def test_the_up_front_check_rejects_exactly_what_the_statistics_reject(values):
+    def raises(fn, arg):
+        try:
+            fn(arg)
+        except (TypeError, ValueError):
+            return True
+        return False
+
+    assert raises(batch_stats.check_dataset, values) == raises(batch_stats.dataset_stats, values)
+    floats = [float(v) for v in values if type(v) in (int, float)]
+    assert raises(batch_stats.check_dataset, array("d", floats)) == (not floats)
+
+
 def test_text_pipe_survives_worker_crashes_with_retry(tmp_path, slither_runtime):
     """A user's pattern: wrap the pipe's batch function with injected crashes,
     retry, and check every document is accounted for exactly once."""

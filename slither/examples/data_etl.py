@@ -1,6 +1,6 @@
 """data_etl: 24,000 rows validated against a hot-reloaded schema Store.
 
-Each row holds a ledger of 150–275 entries (``deposit:120.50;withdraw:...``)
+Each row holds a ledger of 300–550 entries (``deposit:120.50;withdraw:...``)
 that validation parses entry by entry in pure Python, so threads take turns
 on the GIL while the workers run at once. Phase 1 (8,000 rows): schema v1
 (name ≥ 1 char, age 0–150, email required, entries well formed). Hot reload
@@ -29,12 +29,12 @@ from slither.examples._common import Checks, Outcome, Timer, gil_status, report,
 
 _V2 = {"name_min": 2, "age_min": 18, "age_max": 120, "email_re": r"^[^@]+@[^@]+$", "roles": ["user", "admin"]}
 SCHEMAS = {
-    1: {"name_min": 1, "age_min": 0, "age_max": 150, "email_re": None, "roles": None, "ledger_max": 300, "floor": None},
-    2: {**_V2, "ledger_max": 250, "floor": 0},
-    3: {**_V2, "ledger_max": 250, "floor": 0},
+    1: {"name_min": 1, "age_min": 0, "age_max": 150, "email_re": None, "roles": None, "ledger_max": 600, "floor": None},
+    2: {**_V2, "ledger_max": 500, "floor": 0},
+    3: {**_V2, "ledger_max": 500, "floor": 0},
 }
 ROWS_PER_PHASE = 8_000
-LEDGER_ENTRIES = (150, 275)  # per row: the work a worker does on it, against what moving it costs
+LEDGER_ENTRIES = (300, 550)  # per row: the work a worker does on it, against what moving it costs
 LEDGER_RE = re.compile(r"^(deposit|withdraw):(\d{1,6})\.(\d\d)$")
 TRANSFORMS = {"rename": {"name": "full_name"}, "cast_int": ["age"], "defaults": {"role": "user"}}
 
@@ -79,7 +79,7 @@ def _rows(n: int, seed: int) -> tuple[dict, ...]:
 
 
 def _ledger(rng: random.Random) -> str:
-    """150–275 entries such as ``deposit:120.50``, ``;``-separated; a few malformed, some overdrawing."""
+    """300–550 entries such as ``deposit:120.50``, ``;``-separated; a few malformed, some overdrawing."""
     out = []
     for _ in range(rng.randint(*LEDGER_ENTRIES)):
         kind = "deposit" if rng.random() < 0.6 else "withdraw"
