@@ -52,7 +52,6 @@ def test_safe_baselines_pass_and_unsafe_run():
     batch_stats.baseline("unsafe", threads=4)  # may lose updates; it must run to the end
 
 
-@pytest.mark.slither(pools={"default": {"size": 2, "max_restarts": 50}}, stores=[text_analysis.StopwordStore])
 def test_a_batch_holding_poison_fails_before_computing_anything(monkeypatch):
     """Its healthy datasets are re-dispatched one by one after it: computed once in all."""
     computed = []
@@ -82,6 +81,7 @@ def test_the_up_front_check_rejects_exactly_what_the_statistics_reject(values):
     assert raises(batch_stats.check_dataset, array("d", floats)) == (not floats)
 
 
+@pytest.mark.slither(pools={"default": {"size": 2, "max_restarts": 50}}, stores=[text_analysis.StopwordStore])
 def test_text_pipe_survives_worker_crashes_with_retry(tmp_path, slither_runtime):
     """A user's pattern: wrap the pipe's batch function with injected crashes,
     retry, and check every document is accounted for exactly once."""
