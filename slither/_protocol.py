@@ -27,11 +27,14 @@ Worker → caller (replies keep the order of the batches)::
     ("unloadable", ref, [(position, "module.Class")], why)
     ("event", event, measurements, metadata)    telemetry
     ("log", LogRecord.__dict__)                 a logging record
+    ("over_rss", rss bytes)                     after a reply, once: its resident memory passed the
+                                                pool's max_rss (the caller recycles it)
 
 First frame on the hub (a worker, a pool supervisor, a nanny)::
 
     ("worker", token, pool, index, pid)         answered ("init", sys.path, cwd, store paths,
-                                                (setup key, setup blob, teardown key, teardown blob)),
+                                                (setup key, setup blob, teardown key, teardown blob),
+                                                max_rss or None),
                                                 to which the worker answers ("ready",) once its setup
                                                 ran, or ("setup_failed", type, message, traceback)
     ("pool_up", token, pool, supervisor pid)
@@ -71,6 +74,7 @@ SER = "ser"
 UNLOADABLE = "unloadable"
 EVENT = "event"
 LOG = "log"
+OVER_RSS = "over_rss"
 REPLIES = frozenset({OK, ERR, BAD, SER, UNLOADABLE})
 
 # -- hub greetings ---------------------------------------------------------------
@@ -140,8 +144,12 @@ def hello_worker(token: str, pool: str, index: int, pid: int) -> tuple:
     return (WORKER, token, pool, index, pid)
 
 
-def init(sys_path: list, cwd: str, store_paths: dict, setup: tuple) -> tuple:
-    return (INIT, sys_path, cwd, store_paths, setup)
+def init(sys_path: list, cwd: str, store_paths: dict, setup: tuple, max_rss: int | None) -> tuple:
+    return (INIT, sys_path, cwd, store_paths, setup, max_rss)
+
+
+def over_rss(rss: int) -> tuple:
+    return (OVER_RSS, rss)
 
 
 def setup_failed(type_name: str, message: str, traceback_text: str) -> tuple:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 import socket
 import sys
@@ -72,6 +73,24 @@ def vm_size() -> int:
     except OSError:
         pass
     return 0
+
+
+class ResidentMemory:
+    """This process's resident set size (VmRSS), read cheaply and often: ``/proc/self/statm``
+    kept open (one ``pread`` a read); where there is none, the peak (``ru_maxrss``)."""
+
+    def __init__(self):
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        try:
+            self._fd: int | None = os.open("/proc/self/statm", os.O_RDONLY)
+        except OSError:
+            self._fd = None
+
+    def bytes(self) -> int:
+        if self._fd is not None:
+            return int(os.pread(self._fd, 128, 0).split()[1]) * self._page
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
 _NODE: str | None = None

@@ -47,7 +47,7 @@ import cloudpickle
 from slither import _net, _pickle, _protocol, _thespian, _wire, telemetry, worker
 from slither import _store as store
 from slither._item import Context
-from slither._sys import link_to_parent, node_key, vm_size
+from slither._sys import ResidentMemory, link_to_parent, node_key, vm_size
 
 _IGNORED_BY_PYTHON = (signal.SIGPIPE, signal.SIGXFSZ)  # what CPython itself ignores at start-up
 
@@ -185,7 +185,7 @@ def _reply_chunks(reply) -> list:
         return _wire.dumps(_protocol.ser(reply[1], f"result could not be pickled: {type(exc).__name__}: {exc}"))
 
 
-def _run_one(msg, send) -> None:
+def _run_one(msg, send, rss: _RssWatch | None = None) -> None:
     """msg = ("batch", ref, fn_key, payloads, pickled Context)."""
     _, ref, fn_key, payloads, ctx_blob = msg
     try:
@@ -198,6 +198,8 @@ def _run_one(msg, send) -> None:
         else:
             problem = _protocol.result_problem(results, len(payloads))
             reply = _protocol.ok(ref, results) if problem is None else _protocol.bad(ref, problem)
+        if rss is not None:
+            rss.after_batch()  # before the reply: the caller gives this worker nothing more on it
         send(_reply_chunks(reply))
         worker._info["batches"] = worker._info.get("batches", 0) + 1
     finally:
@@ -261,7 +263,7 @@ def serve(
             _wire.send_chunks(sock, chunks)
 
     _wire.send(sock, _protocol.hello_worker(token, pool, index, os.getpid()))
-    _, sys_path, cwd, store_paths, setup = _wire.recv(sock)
+    _, sys_path, cwd, store_paths, setup, max_rss = _wire.recv(sock)
     sys.path[:] = list(sys_path) + [p for p in sys.path if p not in sys_path]
     try:
         os.chdir(cwd)
@@ -279,7 +281,7 @@ def serve(
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     _hello.update(token=token, pool=pool, index=index, inbox=inbox)
     threading.Thread(target=_read, args=(sock, inbox, send, in_process), name="slither-worker-reader", daemon=True).start()
-    _loop(inbox, in_process, teardown)
+    _loop(inbox, in_process, teardown, _RssWatch(max_rss, send) if max_rss and not in_process else None)
 
 
 def _set_up(setup: tuple | None, send):
@@ -357,7 +359,28 @@ def _join(path: str, in_process: bool) -> None:
     _read(sock, _hello["inbox"], send, in_process, primary=False)
 
 
-def _loop(inbox: queue.SimpleQueue, in_process: bool, teardown=None) -> None:
+class _RssWatch:
+    """``PoolSpec.max_rss``: after each batch (before its reply), this worker's resident
+    memory; the first time it is above the limit, the caller is told (on its own
+    connection, whoever sent the batch), and recycles this worker once it has answered
+    what it holds."""
+
+    def __init__(self, limit: int, send):
+        self.limit = limit
+        self.send = send
+        self.memory = ResidentMemory()
+        self.told = False
+
+    def after_batch(self) -> None:
+        if self.told:
+            return
+        rss = self.memory.bytes()
+        if rss > self.limit:
+            self.told = True
+            self.send(_wire.dumps(_protocol.over_rss(rss)))
+
+
+def _loop(inbox: queue.SimpleQueue, in_process: bool, teardown=None, rss: _RssWatch | None = None) -> None:
     """The main thread: every message in turn, until the caller goes away or retires it."""
     while True:
         got = inbox.get()
@@ -374,7 +397,7 @@ def _loop(inbox: queue.SimpleQueue, in_process: bool, teardown=None) -> None:
             os._exit(_protocol.EXIT_RECYCLE if msg == _protocol.RECYCLE else _protocol.EXIT_STOP)
         kind = msg[0]
         if kind == _protocol.BATCH:
-            _run_one(msg, send)
+            _run_one(msg, send, rss)
         elif kind == _protocol.FN:
             _blobs[msg[1]] = msg[2]
         elif kind == _protocol.PROBE:  # run fn() with no payloads, outside a batch, on this worker

@@ -1,6 +1,7 @@
-"""PoolSpec(setup=, teardown=, max_batches=): per-worker state, recycling, and a setup
-that fails surfacing as PoolDown with its cause instead of a silent restart loop."""
+"""PoolSpec(setup=, teardown=, max_batches=, max_rss=): per-worker state, recycling, and
+a setup that fails surfacing as PoolDown with its cause instead of a silent restart loop."""
 
+import itertools
 import os
 import signal
 import threading
@@ -74,12 +75,37 @@ def test_max_batches_recycles_workers_losing_nothing(tmp_path):
     assert len(torn_down) == len({pid for _, pid in out} | torn_down)  # and so did the last ones, at shutdown
 
 
+_kept: list = []  # what _leak_40mb keeps, in the worker that ran it
+
+
+def _leak_40mb(x):
+    _kept.append(b"x" * (40 << 20))  # written, so resident
+    return x, os.getpid()
+
+
+def test_max_rss_recycles_a_worker_whose_memory_grew_losing_nothing():
+    from slither._sys import ResidentMemory
+
+    with slither.Runtime(pools={"default": 1}) as probe:
+        ((_, base),) = probe.run_on_workers(lambda: ResidentMemory().bytes())
+    spec = PoolSpec(size=1, max_rss=base + (100 << 20), max_restarts=0)  # a restart would bring the pool down
+    with slither.Runtime(pools={"default": spec}) as rt:
+        out = list(rt.map(_leak_40mb, range(12), batch_size=1))
+        assert [x for x, _ in out] == list(range(12))
+        runs = [len(list(g)) for _, g in itertools.groupby(pid for _, pid in out)]
+        # above the ceiling after its third batch (+120 MB), give or take a few MB of start:
+        # it answers the batch queued behind (depth 2), and is recycled
+        assert len(runs) >= 3 and all(2 <= n <= 4 for n in runs[:-1]), runs
+        assert rt.pool().crashes == 0 and rt.pool().restarts == 0 and rt.pool().down is None
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"setup": 3}, "PoolSpec.setup must be a callable or 'module:function'"),
         ({"teardown": "nomodule"}, "PoolSpec.teardown must be a callable"),
         ({"max_batches": 0}, "PoolSpec.max_batches must be a positive int"),
+        ({"max_rss": 0}, "PoolSpec.max_rss must be a positive int"),
     ],
 )
 def test_pool_spec_checks_its_new_options(kwargs, match):

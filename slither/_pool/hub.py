@@ -70,7 +70,7 @@ class Hub:
                 return
             if kind == _protocol.WORKER and pool is not None:
                 _, _, name, index, pid = hello
-                _wire.send(s, _protocol.init(list(sys.path), os.getcwd(), self.store_paths(), pool.worker_setup))
+                _wire.send(s, _protocol.init(list(sys.path), os.getcwd(), self.store_paths(), pool.worker_setup, pool.max_rss))
                 s.settimeout(None)  # a setup may take long (a model to load)
                 answer = _wire.recv(s)
                 if answer == _protocol.READY:

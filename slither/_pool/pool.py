@@ -82,6 +82,7 @@ class Pool:
         self.sup_pid: int | None = None
         self.worker_setup: tuple | None = None  # (setup key, blob, teardown key, blob) sent to each worker
         self.max_batches: int | None = None
+        self.max_rss: int | None = None  # sent to each worker in its init (it measures, we recycle)
         self.setup_error: WorkerError | None = None  # the last failed setup: the cause of PoolDown
         self._recycled: set[int] = set()  # worker indexes retired on purpose: their next connection is no restart
         self.crashes = 0
@@ -217,6 +218,12 @@ class Pool:
             telemetry.emit(msg[1], msg[2], {**msg[3], "pool": self.name, "worker": conn.pid})
         elif kind == _protocol.LOG:
             relog(msg[1])
+        elif kind == _protocol.OVER_RSS:
+            logger.info(
+                "pool {!r}: worker {} holds {:.0f} MB resident, above max_rss: recycling it", self.name, conn.pid, msg[1] / 2**20
+            )
+            with self.lock:
+                retire.over_rss(self, conn, touched)
         else:
             self._complete(conn, msg, touched)
 
@@ -247,7 +254,7 @@ class Pool:
             task = self.scheduler.answered(conn)
             if task.ref != msg[1]:  # pragma: no cover - protocol invariant
                 logger.error("pool {!r}: reply for {} while {} was head", self.name, msg[1], task.ref)
-            if self.max_batches is not None:
+            if self.max_batches is not None or conn.recycling:
                 retire.count(self, conn, touched)
             touched += [c for c in self.scheduler.pump() if c not in touched]
         kind = msg[0]

@@ -1,7 +1,7 @@
-"""Workers ended on purpose: recycled after ``max_batches``, stopped at shutdown (for
-a pool with a teardown). Each gets no new task, finishes what it holds, and is sent a
-control frame behind it (see ``slither._protocol``). Called holding the pool's lock,
-except :func:`stop_workers`."""
+"""Workers ended on purpose: recycled after ``max_batches`` or above ``max_rss``,
+stopped at shutdown (for a pool with a teardown). Each gets no new task, finishes what
+it holds, and is sent a control frame behind it (see ``slither._protocol``). Called
+holding the pool's lock, except :func:`stop_workers`."""
 
 from __future__ import annotations
 
@@ -16,9 +16,25 @@ def count(pool, conn: WorkerConn, touched: list) -> None:
     new task, and once it holds none it is told to recycle (see slither._worker)."""
     conn.batches += 1
     if conn.batches == pool.max_batches:
-        conn.retiring = True
-        pool.scheduler.retire(conn)
-    if conn.retiring and not conn.inflight and conn.alive and conn.index not in pool._recycled:
+        _retire(pool, conn)
+    if conn.recycling:
+        _recycle_when_idle(pool, conn, touched)
+
+
+def over_rss(pool, conn: WorkerConn, touched: list) -> None:
+    """``conn``'s worker said its resident memory passed ``max_rss`` (holds pool.lock):
+    as at ``max_batches``, no new task, and recycled once it holds none."""
+    _retire(pool, conn)
+    _recycle_when_idle(pool, conn, touched)
+
+
+def _retire(pool, conn: WorkerConn) -> None:
+    conn.retiring = conn.recycling = True
+    pool.scheduler.retire(conn)
+
+
+def _recycle_when_idle(pool, conn: WorkerConn, touched: list) -> None:
+    if not conn.inflight and conn.alive and conn.index not in pool._recycled:
         pool._recycled.add(conn.index)
         send_control(pool, conn, _protocol.RECYCLE, touched)
 

@@ -82,6 +82,7 @@ class WorkerConn:
         "sender",
         "batches",
         "retiring",
+        "recycling",
     )
 
     def __init__(self, pool, index, pid, sock, remote: bool = False):
@@ -102,6 +103,7 @@ class WorkerConn:
         self.sender: queue.SimpleQueue | None = None  # hands sends that would block to a thread of this connection
         self.batches = 0  # replies it sent (max_batches)
         self.retiring = False  # told to recycle or stop: its end is no crash
+        self.recycling = False  # max_batches reached or above max_rss: recycled once it holds no task
 
 
 def _kill_conn(conn: WorkerConn) -> None:

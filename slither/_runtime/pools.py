@@ -75,6 +75,7 @@ def start_pool(rt, name: str, spec: PoolSpec) -> Pool:
                 raise TimeoutError(f"pool {name!r}: {exc}") from None
     pool = Pool(name, spec.size, depth=spec.depth)
     pool.max_batches = spec.max_batches
+    pool.max_rss = spec.max_rss
     if spec.setup is not None or spec.teardown is not None:
         setup = resolve_fn(spec.setup) if spec.setup is not None else (None, None)
         teardown = resolve_fn(spec.teardown) if spec.teardown is not None else (None, None)

@@ -52,6 +52,11 @@ class PoolSpec:
         max_batches: recycle a worker after this many batches (a leaky library):
             it gets no new batch, finishes those it holds, tears down, and its
             nanny forks a fresh one (not a restart: intensity is not touched).
+        max_rss: recycle a worker, as ``max_batches`` does, once its resident
+            memory (VmRSS: what it touched, pages shared with its parent
+            included) is above this many bytes after a batch. Checked between
+            batches, so no batch fails for it; a single batch that needs too
+            much is what ``max_memory`` bounds.
     """
 
     size: int = attrs.field(factory=lambda: os.cpu_count() or 1, validator=_positive_int)
@@ -63,6 +68,7 @@ class PoolSpec:
     setup: Any = attrs.field(default=None, validator=_optional_fn)
     teardown: Any = attrs.field(default=None, validator=_optional_fn)
     max_batches: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive_int))
+    max_rss: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive_int))
 
     def __attrs_post_init__(self):
         if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
