@@ -62,8 +62,9 @@ def map(fn, iterable: Iterable, **opts) -> Iterator:  # noqa: A001 - the name us
     per input, in input order (``ordering="as_completed"``: as they finish), like
     ``multiprocessing.Pool.imap``. The fast path for tiny work: no ``Item`` is built.
 
-    Options as for :func:`dispatch` (``batch_size`` (or ``"auto"``), ``max_in_flight``,
-    ``ordering``, ``on_error``, ``timeout``, ``pool``, ...). A failing input fails its
+    Options as for :func:`dispatch` (``batch_size`` (or ``"auto"``), ``max_in_flight``
+    (16 by default here, twice dispatch's: the tiny-work path keeps more batches on
+    their way), ``ordering``, ``on_error``, ``timeout``, ``pool``, ...). A failing input fails its
     batch; under ``on_error="skip"`` each input of that batch yields a
     :class:`slither.Skipped`. The iterator has ``close()`` and ``cancel()`` (from any thread).
     """

@@ -71,6 +71,21 @@ def test_input_is_read_lazily(rt):
     assert len(taken) <= 10 * 4  # the window, and the batch being cut
 
 
+def test_the_default_window_is_sixteen_batches(rt):
+    """Twice dispatch's (MAP_WINDOW): the tiny-work path keeps more batches on their way."""
+    taken = []
+
+    def source():
+        for x in itertools.count():
+            taken.append(x)
+            yield x
+
+    it = rt.map(lambda x: x, source(), batch_size=1)
+    assert next(it) == 0
+    it.close()
+    assert 16 <= len(taken) <= 18  # the window, the batch being cut, one taken after the first result
+
+
 def test_top_level_map_uses_the_runtime_of_the_with_block():
     with slither.Runtime(pools={"default": 1}) as rt:
         assert list(slither.map(lambda x: os.getpid(), [1])) == [rt.worker_pids()[0]]

@@ -68,7 +68,7 @@ class PoolStats:
 class Pool:
     """Caller-side state of one named pool. Thread-safe."""
 
-    def __init__(self, name: str, size: int, depth: int = 2):
+    def __init__(self, name: str, size: int, depth: int | None = None):
         self.name = name
         self.size = size
         self.lock = threading.Lock()

@@ -2,10 +2,17 @@
 deadlines. No I/O and no locks of its own: the pool calls it holding its lock, and
 sends what it assigned afterwards (see ``Sender``).
 
-* Each worker holds at most ``depth`` tasks (default 2): one running, one
+* Each worker holds at most its depth of tasks: one running, the others
   queued in its socket, so it never idles waiting for a round trip. Only the
   head task has started; when a worker dies the head fails (crashed or timed
   out) and the others go back to the front of the queue untouched.
+* The depth is the pool's ``depth`` when set; by default (None) it is 2, and
+  ``DEEP`` while the worker's recent batches each take under ``SHORT_NS``.
+  A batch that short is over before the caller has read its reply and sent
+  another: two queued would leave the worker waiting on the caller, asleep,
+  and the caller's every send would have to wake it. Longer batches keep 2:
+  a deeper queue would only leave more batches behind one worker at the end
+  of a dispatch while another idles.
 * A task goes to the least-loaded worker with room: it never queues behind a
   running batch while another worker is idle. Ties go round the workers.
 * A task's deadline is set when it becomes its worker's head.
@@ -20,11 +27,16 @@ from collections.abc import Callable
 from slither._pool.task import Task, WorkerConn
 from slither.errors import WorkerCrashed
 
+DEPTH = 2  # tasks a worker holds (automatic depth: while its batches are long)
+DEEP = 4  # ... while they are short
+SHORT_NS = 500_000  # a batch shorter than this (its worker's running average) is short
+
 
 class Scheduler:
-    def __init__(self, name: str, depth: int, on_deadline: Callable[[float], None]):
+    def __init__(self, name: str, depth: int | None, on_deadline: Callable[[float], None]):
         self.name = name
-        self.depth = depth
+        self.auto = depth is None  # each worker's depth follows its batches' run time
+        self.depth = DEPTH if depth is None else depth
         self.pending: deque[Task] = deque()
         self.workers: dict[int, WorkerConn] = {}  # index -> connection, the workers that take tasks
         self.sessions: dict[str, int] = {}  # session id -> worker index
@@ -65,19 +77,18 @@ class Scheduler:
             self._rot_gen = self._gen
         self._rr = (self._rr + 1) % len(self._rotations)
         conns = self._rotations[self._rr]
-        depth = self.depth
         pending = self.pending
         progress = True
         while progress:
             progress = False
             for conn in conns:  # tasks bound to a worker (session affinity, probes)
-                while conn.private and len(conn.inflight) < depth:
+                while conn.private and len(conn.inflight) < conn.depth:
                     self._assign(conn, conn.private.popleft(), touched)
             while pending:
-                conn, load = None, depth
-                for c in conns:
+                conn, load = None, None
+                for c in conns:  # the least loaded worker with room
                     n = len(c.inflight)
-                    if n < load:
+                    if n < c.depth and (load is None or n < load):
                         conn, load = c, n
                         if n == 0:
                             break
@@ -105,8 +116,17 @@ class Scheduler:
             touched.append(conn)
 
     def answered(self, conn: WorkerConn) -> Task:
-        """``conn``'s head task got its reply: take it off; the next one's clock starts."""
+        """``conn``'s head task got its reply: take it off; the next one's clock starts
+        (and, with the automatic depth, the worker's depth follows its run time)."""
         task = conn.inflight.popleft()
+        if self.auto:
+            now = time.monotonic_ns()
+            if conn.queued:  # it began this task as it answered the last one: the gap is its run
+                gap = now - conn.last_reply
+                conn.run_ns = gap if not conn.run_ns else conn.run_ns + (gap - conn.run_ns) // 8
+                conn.depth = DEEP if conn.run_ns < SHORT_NS else DEPTH
+            conn.last_reply = now
+            conn.queued = bool(conn.inflight)
         if conn.inflight:
             head = conn.inflight[0]
             if head.timeout:
@@ -117,6 +137,7 @@ class Scheduler:
     def add(self, conn: WorkerConn) -> WorkerConn | None:
         """A worker connected; the connection it replaces, if that one is still here."""
         old = self.workers.get(conn.index)
+        conn.depth = self.depth
         self.workers[conn.index] = conn
         self._gen += 1
         return old

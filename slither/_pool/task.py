@@ -83,6 +83,10 @@ class WorkerConn:
         "batches",
         "retiring",
         "recycling",
+        "depth",
+        "run_ns",
+        "last_reply",
+        "queued",
     )
 
     def __init__(self, pool, index, pid, sock, remote: bool = False):
@@ -104,6 +108,10 @@ class WorkerConn:
         self.batches = 0  # replies it sent (max_batches)
         self.retiring = False  # told to recycle or stop: its end is no crash
         self.recycling = False  # max_batches reached or above max_rss: recycled once it holds no task
+        self.depth = 2  # tasks it may hold at once (see slither._pool.scheduler)
+        self.run_ns = 0  # running average of its batches' run time (automatic depth)
+        self.last_reply = 0  # monotonic_ns of its last reply
+        self.queued = False  # it held a task behind the one it last answered
 
 
 def _kill_conn(conn: WorkerConn) -> None:

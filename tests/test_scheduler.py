@@ -1,0 +1,168 @@
+"""Which worker gets which task: the automatic depth (deep queues for short batches,
+two for long ones) and the invariants the scheduler keeps whatever the replies' timing."""
+
+import socket
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slither._pool import scheduler as sched
+from slither._pool.task import Task, WorkerConn
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Clock:
+    """Stands in for ``time`` in the scheduler: ``monotonic_ns`` is what the test says."""
+
+    def __init__(self):
+        self.ns = 1_000_000_000
+
+    def monotonic_ns(self):
+        return self.ns
+
+    def monotonic(self):
+        return self.ns / 1e9
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = Clock()
+    monkeypatch.setattr(sched, "time", c)
+    return c
+
+
+@pytest.fixture
+def make_conns():
+    socks = []
+
+    def make(n):
+        conns = []
+        for i in range(n):
+            a, b = socket.socketpair()
+            socks.extend((a, b))
+            conns.append(WorkerConn(None, i, 1000 + i, a))
+        return conns
+
+    yield make
+    for s in socks:
+        s.close()
+
+
+def _task(k):
+    return Task(None, None, [b""], ref=k)
+
+
+def _scheduler(conns, depth=None):
+    s = sched.Scheduler("t", depth, lambda deadline: None)
+    for c in conns:
+        s.add(c)
+    return s
+
+
+def _reply(s, conn, clock, run_ns):
+    """``conn`` answers its head task ``run_ns`` after its previous reply."""
+    clock.ns += run_ns
+    return s.answered(conn)
+
+
+def test_short_batches_deepen_a_workers_queue_and_long_ones_bring_it_back(clock, make_conns):
+    (conn,) = make_conns(1)
+    s = _scheduler([conn])
+    for k in range(40):
+        s.route(_task(k))
+    s.pump()
+    assert len(conn.inflight) == sched.DEPTH  # 2 until its batches are known to be short
+    for _ in range(3):
+        _reply(s, conn, clock, 50_000)  # 50 µs batches
+        s.pump()
+    assert conn.depth == sched.DEEP and len(conn.inflight) == sched.DEEP
+    for _ in range(30):
+        _reply(s, conn, clock, 3_000_000)  # then 3 ms ones: the running average climbs past 0.5 ms
+        s.pump()
+    assert conn.depth == sched.DEPTH and len(conn.inflight) <= sched.DEEP
+
+
+def test_a_gap_after_the_worker_ran_dry_is_not_taken_for_a_run_time(clock, make_conns):
+    """A reply that left the worker with nothing queued: the next gap includes its idle
+    wait for work, which says nothing about how long its batches take."""
+    (conn,) = make_conns(1)
+    s = _scheduler([conn])
+    s.route(_task(0))
+    s.pump()
+    _reply(s, conn, clock, 50_000)  # first reply: nothing to compare with yet
+    s.route(_task(1))
+    s.pump()
+    _reply(s, conn, clock, 10_000_000)  # it was idle for most of these 10 ms
+    assert conn.run_ns == 0 and conn.depth == sched.DEPTH
+
+
+def test_an_explicit_depth_never_changes(clock, make_conns):
+    (conn,) = make_conns(1)
+    s = _scheduler([conn], depth=1)
+    for k in range(10):
+        s.route(_task(k))
+    s.pump()
+    for _ in range(8):
+        assert len(conn.inflight) == 1
+        _reply(s, conn, clock, 10_000)
+        s.pump()
+    assert conn.depth == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    workers=st.integers(1, 4),
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("submit"), st.integers(1, 6)),
+            st.tuples(st.just("reply"), st.integers(0, 3), st.integers(1_000, 5_000_000)),
+        ),
+        max_size=80,
+    ),
+)
+def test_no_worker_is_overfilled_and_none_has_room_while_tasks_wait(workers, steps):
+    clock = Clock()
+    real, sched.time = sched.time, clock
+    socks = []
+    try:
+        conns = []
+        for i in range(workers):
+            a, b = socket.socketpair()
+            socks += [a, b]
+            conns.append(WorkerConn(None, i, 1000 + i, a))
+        s = _scheduler(conns)
+        submitted, answered, k = [], [], 0
+        for step in steps:
+            if step[0] == "submit":
+                for _ in range(step[1]):
+                    s.route(_task(k))
+                    submitted.append(k)
+                    k += 1
+            else:
+                conn = conns[step[1] % workers]
+                if conn.inflight:
+                    answered.append(_reply(s, conn, clock, step[2]).ref)
+            s.pump()
+            for c in conns:
+                assert c.depth in (sched.DEPTH, sched.DEEP)
+                assert len(c.inflight) <= sched.DEEP  # more than its depth only just after the depth fell
+                if s.pending:
+                    assert len(c.inflight) >= c.depth  # a task waits only while every worker is full
+        held = [t.ref for c in conns for t in c.inflight]
+        assert sorted(answered + held + [t.ref for t in s.pending]) == submitted  # each task exactly once
+        assert [t.ref for t in s.pending] == sorted(t.ref for t in s.pending)  # still in submission order
+    finally:
+        sched.time = real
+        for sock in socks:
+            sock.close()
+
+
+def test_real_workers_get_deep_queues_for_tiny_batches_and_two_for_slow_ones(rt):
+    list(rt.map(lambda x: x + 1, range(64 * 200), batch_size=64))
+    conns = list(rt.pool().scheduler.workers.values())
+    assert [c.depth for c in conns] == [sched.DEEP] * len(conns)
+    list(rt.map(lambda x: time.sleep(0.003) or x, range(24), batch_size=1))
+    assert [c.depth for c in rt.pool().scheduler.workers.values()] == [sched.DEPTH] * len(conns)
