@@ -27,8 +27,9 @@ Worker → caller (replies keep the order of the batches)::
     ("unloadable", ref, [(position, "module.Class")], why)
     ("event", event, measurements, metadata)    telemetry
     ("log", LogRecord.__dict__)                 a logging record
-    ("over_rss", rss bytes)                     after a reply, once: its resident memory passed the
-                                                pool's max_rss (the caller recycles it)
+    ("over_rss", rss bytes)                     once, just before a batch's reply: its resident
+                                                memory passed the pool's max_rss (the caller gives
+                                                it no new batch and recycles it)
 
 First frame on the hub (a worker, a pool supervisor, a nanny)::
 

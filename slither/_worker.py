@@ -25,6 +25,11 @@ code in ``WorkerCrashed``), and exits, so its supervisor restarts it.
 Every exception a batch function raises, ``SystemExit`` and
 ``KeyboardInterrupt`` included, fails that batch (``WorkerError``) and the
 worker lives on: only a real death of the process is a crash.
+
+A worker ends on purpose when its caller tells it to (``("recycle",)`` after
+``max_batches``, or after it said ``("over_rss", bytes)``: under
+``PoolSpec(max_rss=)`` it reads its resident memory after every batch, before
+the reply) or at shutdown (``("stop",)``), tearing down first.
 """
 
 from __future__ import annotations
