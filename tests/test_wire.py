@@ -1,8 +1,10 @@
 """The data plane's framing: whatever is sent arrives whole, in order, however the bytes are split."""
 
+import os
 import pickle
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -124,3 +126,59 @@ def test_a_send_that_would_block_leaves_the_rest_cut_where_the_socket_stopped(pa
     finally:
         a.close()
         b.close()
+
+
+class _Pool:
+    """What a Receiver asks of its pool, recording the frames it is handed."""
+
+    def __init__(self, expect: int):
+        self.name = "stub"
+        self.lock = threading.Lock()
+        self.got: list = []
+        self.all_in = threading.Event()
+        self.expect = expect
+        self.sender = self
+
+    def flush(self, touched):
+        pass
+
+    def _handle(self, conn, msg, touched):
+        self.got.append(msg)
+        if len(self.got) == self.expect:
+            self.all_in.set()
+
+    def _lost(self, conn):
+        self.all_in.set()
+
+
+def test_small_frames_read_with_the_end_of_a_large_one_are_handled():
+    """The thread that read a large frame goes on with the small ones read into the
+    buffer behind it: given back to the shared poll, they would wait for a readiness
+    that never comes (their bytes have left the socket)."""
+    from slither._pool.receiver import BULK, Receiver
+    from slither._pool.task import WorkerConn
+
+    frames = [("ok", 1, [b"x" * (8 * BULK)])] + [("ok", k, [k]) for k in range(2, 6)]
+    blob = b"".join(b"".join(_wire.dumps(f)) for f in frames)  # as a worker answering back to back
+    pool = _Pool(expect=len(frames))
+    rx = Receiver(pool)
+    a, b = socket.socketpair()
+    conn = WorkerConn(pool, 0, 0, a)
+    writer = threading.Thread(target=b.sendall, args=(blob,))
+    try:
+        writer.start()
+        rx.polled(conn, True)
+        deadline = time.monotonic() + 10
+        while not pool.all_in.is_set() and time.monotonic() < deadline:
+            rx._read(0.05)  # as a waiting caller does: the large frame goes to the connection's thread
+        assert conn.bulk is not None, "the large frame was read by the polling thread"
+        assert pool.all_in.is_set(), f"handled {[m[1] for m in pool.got]} of {[f[1] for f in frames]}"
+        assert [m[1] for m in pool.got] == [f[1] for f in frames]
+    finally:
+        writer.join(10)
+        if conn.bulk is not None:
+            conn.bulk.put(False)
+        a.close()
+        b.close()
+        os.close(rx._wake_r)
+        os.close(rx._wake_w)

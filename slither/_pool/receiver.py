@@ -218,7 +218,8 @@ class Receiver:
     def _bulk_loop(self, conn: WorkerConn) -> None:
         """Read ``conn``'s frames while they are large (as a reader thread of its own would:
         receiving overlaps the other thread's sends), and give the socket back to the shared
-        poll after the first small one."""
+        poll after a small one, once the reader's buffer is empty: frames read into it
+        with that one are not in the socket any more, and no poll would see them."""
         reader = conn.reader
         while conn.bulk.get():
             try:
@@ -232,7 +233,7 @@ class Receiver:
                     else:
                         self.pool._handle(conn, msg, touched)
                     self.pool.sender.flush(touched)
-                    if not big:
+                    if not big and reader.start == reader.end:
                         break
                     self.wake()  # a thread reading in wait() sees what we put on its queue
             except Exception as exc:  # noqa: BLE001
