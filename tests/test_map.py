@@ -57,15 +57,16 @@ def test_a_crashed_worker_costs_nothing_under_retry(rt, tmp_path):
     assert out == [x + 1 for x in range(40)]
 
 
+def _counted(taken: list):
+    """An endless input that notes in ``taken`` each value read from it."""
+    for x in itertools.count():
+        taken.append(x)
+        yield x
+
+
 def test_input_is_read_lazily(rt):
     taken = []
-
-    def source():
-        for x in itertools.count():
-            taken.append(x)
-            yield x
-
-    it = rt.map(lambda x: x, source(), batch_size=10, max_in_flight=3)
+    it = rt.map(lambda x: x, _counted(taken), batch_size=10, max_in_flight=3)
     assert list(itertools.islice(it, 5)) == [0, 1, 2, 3, 4]
     it.close()
     assert len(taken) <= 10 * 4  # the window, and the batch being cut
@@ -74,13 +75,7 @@ def test_input_is_read_lazily(rt):
 def test_the_default_window_is_sixteen_batches(rt):
     """Twice dispatch's (MAP_WINDOW): the tiny-work path keeps more batches on their way."""
     taken = []
-
-    def source():
-        for x in itertools.count():
-            taken.append(x)
-            yield x
-
-    it = rt.map(lambda x: x, source(), batch_size=1)
+    it = rt.map(lambda x: x, _counted(taken), batch_size=1)
     assert next(it) == 0
     it.close()
     assert 16 <= len(taken) <= 18  # the window, the batch being cut, one taken after the first result

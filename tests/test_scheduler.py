@@ -34,19 +34,20 @@ def clock(monkeypatch):
     return c
 
 
+def _conns(n: int, socks: list) -> list[WorkerConn]:
+    """``n`` connections on socket pairs (noted in ``socks``, for the caller to close)."""
+    conns = []
+    for i in range(n):
+        a, b = socket.socketpair()
+        socks += [a, b]
+        conns.append(WorkerConn(None, i, 1000 + i, a))
+    return conns
+
+
 @pytest.fixture
 def make_conns():
-    socks = []
-
-    def make(n):
-        conns = []
-        for i in range(n):
-            a, b = socket.socketpair()
-            socks.extend((a, b))
-            conns.append(WorkerConn(None, i, 1000 + i, a))
-        return conns
-
-    yield make
+    socks: list = []
+    yield lambda n: _conns(n, socks)
     for s in socks:
         s.close()
 
@@ -126,13 +127,9 @@ def test_an_explicit_depth_never_changes(clock, make_conns):
 def test_no_worker_is_overfilled_and_none_has_room_while_tasks_wait(workers, steps):
     clock = Clock()
     real, sched.time = sched.time, clock
-    socks = []
+    socks: list = []
     try:
-        conns = []
-        for i in range(workers):
-            a, b = socket.socketpair()
-            socks += [a, b]
-            conns.append(WorkerConn(None, i, 1000 + i, a))
+        conns = _conns(workers, socks)
         s = _scheduler(conns)
         submitted, answered, k = [], [], 0
         for step in steps:
