@@ -11,7 +11,7 @@ import pytest
 
 import slither
 from slither import BadBatchResult, BatchTimeout, DispatchError, Retry, SerializationError, WorkerCrashed
-from slither.testing import Rendezvous, crash_when, hang_when, once_per, wait_pids_gone
+from slither.testing import Rendezvous, crash_when, hang_when, once_per, settle, wait_pids_gone
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -196,6 +196,7 @@ def test_closing_a_stream_stops_it_at_once(rt):
     assert next(stream, None) is None and len(pulled) == taken <= 10 * (2 + 8)
     assert not pool.stats().queued
 
+    settle(rt)  # the closed stream's sent batches are done: each worker takes a held one
     with Rendezvous() as rv:
 
         def held(xs, rv=rv):
@@ -234,6 +235,7 @@ def test_closing_a_stream_leaves_an_executors_lists_alone():
 
 
 def test_window_bounds_batches_taken(rt):
+    settle(rt)  # a worker still busy with an earlier test's batches would leave the window to the other
     pulled = []
     with Rendezvous() as rv:
 
@@ -306,6 +308,31 @@ def test_workers_see_callers_sys_path_and_cwd(rt):
 def test_run_on_workers_probes_each_worker(rt):
     got = rt.run_on_workers(lambda: os.getpid())
     assert sorted(p for p, _ in got) == rt.worker_pids() == sorted(v for _, v in got)
+
+
+def test_settle_returns_once_every_worker_is_back_and_idle(rt):
+    pool = rt.pool("default")
+    with Rendezvous() as rv:
+        out = {}
+        fn = lambda xs, rv=rv: rv.arrive(os.getpid(), wait=True) or xs  # noqa: E731
+        t = threading.Thread(target=lambda: out.setdefault("held", rt.dispatch([1], fn)))
+        t.start()
+        holder = rv.wait(timeout=20)
+        os.kill(next(p for p in rt.worker_pids() if p != holder), signal.SIGKILL)  # the other one restarts
+        seen = {}
+
+        def settling():
+            settle(rt)
+            seen.update(stats=pool.stats(), pids=rt.worker_pids())
+
+        s = threading.Thread(target=settling)
+        s.start()
+        assert "stats" not in seen  # a worker still holds the batch
+        rv.release()
+        t.join(30)
+        s.join(30)
+    assert [i.payload for i in out["held"]] == [1]
+    assert seen["stats"].in_flight == 0 and len(seen["pids"]) == 2
 
 
 @pytest.mark.chaos

@@ -6,7 +6,8 @@
   ``rv.wait()``. No sleeps: the test learns *exactly* when a worker holds a
   batch, and which one (``arrive`` sends its pid).
 * :func:`running_runtime`: a context manager giving a started runtime and
-  checking at exit that every process it started is gone.
+  checking at exit that every process it started is gone; :func:`settle`
+  returns once every worker of a pool is connected and idle.
 * Fault injection: :class:`Faults` (a cross-process plan: crash, kill,
   segfault, raise or hang the n-th batch, or the next ones), and the simpler
   wrappers :func:`kill_worker`, :func:`kill_when`, :func:`crash_when`,
@@ -37,6 +38,7 @@ from typing import Any
 
 from slither._runtime import Runtime
 from slither._store.schema import _store_name
+from slither.errors import WorkerCrashed
 from slither.supervision import pid_alive
 from slither.testing.faults import Faults, InjectedFault
 
@@ -161,6 +163,31 @@ def _recv(conn, n):
             raise EOFError
         buf += chunk
     return buf
+
+
+def settle(runtime: Runtime, pool: str = "default", timeout: float = 30.0) -> None:
+    """Return once every worker of ``pool`` is connected and has run all it was given.
+
+    A test that needs each worker to take one of its batches starts from here: a
+    worker still busy with an earlier test's batches, or not yet back from a
+    restart, would leave the others to take them all. A probe queues behind
+    whatever each worker holds, so its answer is the event to wait for. A worker
+    found dead on the way (killed just before, say) is waited for again.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not runtime.pool(pool).wait_ready(left):
+            raise TimeoutError(f"pool {pool!r}: its workers were not all connected and idle within {timeout}s")
+        try:
+            runtime.run_on_workers(_nothing, pool=pool, timeout=max(0.1, deadline - time.monotonic()))
+            return
+        except WorkerCrashed:
+            continue
+
+
+def _nothing() -> None:
+    return None
 
 
 def wait_pids_gone(pids, timeout: float = 10.0) -> list[int]:
@@ -292,6 +319,7 @@ __all__ = [
     "Rendezvous",
     "running_runtime",
     "wait_pids_gone",
+    "settle",
     "kill_worker",
     "crash_when",
     "kill_when",
