@@ -310,6 +310,7 @@ def test_run_on_workers_probes_each_worker(rt):
     assert sorted(p for p, _ in got) == rt.worker_pids() == sorted(v for _, v in got)
 
 
+@pytest.mark.chaos
 def test_settle_returns_once_every_worker_is_back_and_idle(rt):
     pool = rt.pool("default")
     with Rendezvous() as rv:

@@ -85,7 +85,7 @@ def test_a_call_over_the_timeout_fails_with_batch_timeout(rt):
 
 def test_shutdown_refuses_new_calls_and_can_cancel_the_rest(rt):
     ex = rt.executor()
-    settle(rt)  # the test before killed a worker: both must be back, or one would take all four
+    settle(rt)  # a worker killed earlier (a timeout) must be back, or the other would take all four
     with Rendezvous() as rv:
         held = [ex.submit(lambda rv=rv: rv.arrive(wait=True)) for _ in range(4)]  # 2 workers: 2 run, 2 wait
         rv.wait(count=2, timeout=20)
