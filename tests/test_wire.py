@@ -182,3 +182,36 @@ def test_small_frames_read_with_the_end_of_a_large_one_are_handled():
         b.close()
         os.close(rx._wake_r)
         os.close(rx._wake_w)
+
+
+def test_a_crash_reported_after_its_eof_reaches_the_caller_reading_the_sockets():
+    """The worker's EOF comes first and its batch waits for the nanny's report of how it
+    ended; the report comes by another thread (the hub's). The caller, in poll() on the
+    pool's sockets meanwhile, gets the failure at once, not when its poll next wakes."""
+    import queue
+
+    from slither import _protocol
+    from slither._pool import Pool, Task
+    from slither._pool.task import WorkerConn
+    from slither.errors import WorkerCrashed
+
+    pool = Pool("crash-report", 1)
+    a, b = socket.socketpair()
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    pid = 2**22 + 1  # no such process: nothing here may signal it
+    got: dict = {}
+    try:
+        pool.attach(WorkerConn(pool, 0, pid, a))
+        frame = _wire.dumps(_protocol.probe("r1", "fn"))
+        pool.submit(Task("fn", None, frame, ref="r1", callback=lambda task, result, error, p: q.put(error)))
+        caller = threading.Thread(target=lambda: got.setdefault("error", pool.wait(q, 30)))
+        caller.start()
+        b.close()  # the worker's end: EOF
+        with pool.lock:
+            assert pool.changed.wait_for(lambda: pid in pool.exits._awaiting, 10)  # the EOF was read
+        pool.exited(pid, -9, "")  # the nanny's report, from this thread
+        caller.join(10)  # the caller's poll waits up to 30 s unless it is woken
+        assert isinstance(got.get("error"), WorkerCrashed) and "SIGKILL" in str(got["error"])
+    finally:
+        pool.close()
+        a.close()

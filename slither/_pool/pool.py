@@ -334,6 +334,10 @@ class Pool:
             victims = self.exits.reported(pid, exitcode, fault)
         if victims is not None:
             _fail(victims, crashed(self.name, pid, exitcode, fault), pid)
+            # The hub's or the timer's thread put them there: a caller reading the sockets
+            # meanwhile would see its queue only when a frame or the replacement's
+            # connection next woke its poll (about 40 ms after a SIGKILL, measured).
+            self.receiver.wake()
 
     # -- the end -----------------------------------------------------------
     def mark_down(self, reason: str | None = None) -> None:
