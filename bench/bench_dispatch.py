@@ -151,11 +151,13 @@ def collector_time(rt, items, batch, repeats=3):
 
 
 def kill_recovery(rt, n=20):
-    """Median time from SIGKILL of a busy worker to its batch's result under Retry."""
+    """Median time from SIGKILL of a busy worker to its batch's result under Retry, another
+    worker being free to run it (each kill waits for the last one's replacement)."""
+    from slither.testing import Rendezvous, settle
+
     lat = []
     for _ in range(n):
-        from slither.testing import Rendezvous
-
+        settle(rt)
         with Rendezvous() as rv:
             marker = f"/tmp/slither-bench-kill-{os.getpid()}-{time.monotonic_ns()}"
 
