@@ -181,6 +181,7 @@ def _hangs(item, ctx):
 class Hangs(Pipe):
     stages = [stage.inline("slow", handler=_hangs, timeout=0.5)]
     on_error = {"slow": "skip"}
+    chunk_size = 1  # the timeout takes a whole chunk: inputs sent together would share the hung one's
 
 
 class HangsAndHalts(Pipe):
