@@ -328,7 +328,8 @@ def test_settle_returns_once_every_worker_is_back_and_idle(rt):
 
         s = threading.Thread(target=settling)
         s.start()
-        assert "stats" not in seen  # a worker still holds the batch
+        assert pool.wait_ready(20)  # the replacement is back: only the held batch keeps settle waiting
+        assert "stats" not in seen
         rv.release()
         t.join(30)
         s.join(30)

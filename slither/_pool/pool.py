@@ -312,7 +312,7 @@ class Pool:
             err = self._crash_of(conn, victims)
             if err is None:
                 return  # failed when its nanny says how the worker ended (see exited())
-        _fail(victims, err, conn.pid)
+        self._fail(victims, err, conn.pid)
 
     def _crash_of(self, conn: WorkerConn, victims: list[Task]) -> WorkerCrashed | None:
         """The crash of a local worker, if its nanny already said how it ended; else None,
@@ -333,10 +333,17 @@ class Pool:
         with self.lock:
             victims = self.exits.reported(pid, exitcode, fault)
         if victims is not None:
-            _fail(victims, crashed(self.name, pid, exitcode, fault), pid)
-            # The hub's or the timer's thread put them there: a caller reading the sockets
-            # meanwhile would see its queue only when a frame or the replacement's
-            # connection next woke its poll (about 40 ms after a SIGKILL, measured).
+            self._fail(victims, crashed(self.name, pid, exitcode, fault), pid)
+
+    def _fail(self, victims: list[Task], err: Exception, pid) -> None:
+        """Fail ``victims`` with ``err``, then wake the thread reading the sockets: this may
+        be the hub's, the timer's or a bulk thread, and a caller of one of them sitting in
+        poll() meanwhile would see its queue only when a frame or a new connection next
+        woke it (about 40 ms after a SIGKILL, when the replacement connects)."""
+        for t in victims:
+            if t.callback is not None:
+                t.callback(t, None, err, pid)
+        if victims:
             self.receiver.wake()
 
     # -- the end -----------------------------------------------------------
@@ -389,8 +396,8 @@ class Pool:
             self.changed.notify_all()
         # Sockets stay open: closing them now would make the workers exit and their
         # supervisor restart them mid-teardown. disconnect() runs after the tree stopped.
-        _fail(victims, RuntimeNotStarted(f"pool {self.name!r} was shut down"), None)
-        self.receiver.wake()
+        self._fail(victims, RuntimeNotStarted(f"pool {self.name!r} was shut down"), None)
+        self.receiver.wake()  # also with no victims: a thread reading in wait() sees the pool closed
 
     def disconnect(self) -> None:
         """Close every worker socket (after the actor tree is stopped)."""
@@ -401,9 +408,3 @@ class Pool:
                 conn.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-
-
-def _fail(victims: list[Task], err: Exception, pid) -> None:
-    for t in victims:
-        if t.callback is not None:
-            t.callback(t, None, err, pid)
