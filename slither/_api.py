@@ -63,8 +63,8 @@ def map(fn, iterable: Iterable, **opts) -> Iterator:  # noqa: A001 - the name us
     ``multiprocessing.Pool.imap``. The fast path for tiny work: no ``Item`` is built.
 
     Options as for :func:`dispatch` (``batch_size`` (or ``"auto"``), ``max_in_flight``
-    (16 by default here, twice dispatch's: the tiny-work path keeps more batches on
-    their way), ``ordering``, ``on_error``, ``timeout``, ``pool``, ...). A failing input fails its
+    (by default twice the pool's capacity, at least 16: the tiny-work path keeps more
+    batches on their way), ``ordering``, ``on_error``, ``timeout``, ``pool``, ...). A failing input fails its
     batch; under ``on_error="skip"`` each input of that batch yields a
     :class:`slither.Skipped`. The iterator has ``close()`` and ``cancel()`` (from any thread).
     """

@@ -20,7 +20,8 @@ Caller → worker (over the worker's socket, see ``slither._worker``)::
 
 Worker → caller (replies keep the order of the batches)::
 
-    ("ok", ref, results)
+    ("ok", ref, results, run ns)                run ns: how long the batch ran in the worker
+                                                (0 for a probe), for the automatic depth
     ("err", ref, type name, message, formatted traceback)
     ("bad", ref, why)                           not a list, or the wrong length
     ("ser", ref, why)                           a result could not be pickled
@@ -113,8 +114,8 @@ def probe(ref: int, fn_key) -> tuple:
     return (PROBE, ref, fn_key)
 
 
-def ok(ref: int, results) -> tuple:
-    return (OK, ref, results)
+def ok(ref: int, results, run_ns: int = 0) -> tuple:
+    return (OK, ref, results, run_ns)
 
 
 def err(ref: int, type_name: str, message: str, traceback_text: str) -> tuple:

@@ -44,6 +44,7 @@ import resource
 import signal
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -197,12 +198,13 @@ def _run_one(msg, send, rss: _RssWatch | None = None) -> None:
         try:
             worker._current = _context_of(ctx_blob)  # its metadata may hold objects this worker cannot import
             fn = _load_fn(fn_key, _blobs.get(fn_key))
+            t0 = time.perf_counter_ns()  # a function's first load is no batch's run time
             results = fn(payloads)
         except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too: the batch fails, not the worker
             reply = _error_reply(ref, exc)
         else:
             problem = _protocol.result_problem(results, len(payloads))
-            reply = _protocol.ok(ref, results) if problem is None else _protocol.bad(ref, problem)
+            reply = _protocol.ok(ref, results, time.perf_counter_ns() - t0) if problem is None else _protocol.bad(ref, problem)
         if rss is not None:
             rss.after_batch()  # before the reply: the caller gives this worker nothing more on it
         send(_reply_chunks(reply))

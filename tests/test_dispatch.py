@@ -258,6 +258,34 @@ def test_window_bounds_batches_taken(rt):
     assert [i.payload for i in res["out"]] == list(range(100))
 
 
+def test_dispatchs_default_window_follows_the_pool_and_the_streams_stays_eight(rt):
+    """dispatch() hands nothing out before its end: without max_in_flight its window is
+    twice the pool's capacity (deep for tiny batches); dispatch_stream's stays 8."""
+    from slither._dispatch import collect, collecting
+
+    rt.dispatch(range(64 * 100), lambda xs: xs)  # tiny batches: every worker's queue deepens
+    capacity = rt.pool().scheduler.capacity
+    assert capacity > 2 * len(rt.worker_pids())
+    run = collecting(range(64 * 50), lambda xs: xs, runtime=rt)
+    assert [i.payload for i in collect(run)] == list(range(64 * 50))
+    assert run.max_in_flight == 2 * rt.pool().scheduler.capacity > 8
+    run = collecting(range(64 * 50), lambda xs: xs, runtime=rt, max_in_flight=3)
+    collect(run)
+    assert run.max_in_flight == 3  # a window given is kept
+
+    pulled = []
+
+    def source():
+        for n in itertools.count():
+            pulled.append(n)
+            yield n
+
+    stream = rt.dispatch_stream(source(), lambda xs: xs, batch_size=1)
+    assert next(stream).payload == 0
+    stream.close()
+    assert 8 <= len(pulled) <= 8 + 2  # the window, the batch being cut, one taken after the first result
+
+
 def test_two_threads_dispatch_at_once(rt):
     results = {}
 

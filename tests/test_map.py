@@ -72,13 +72,27 @@ def test_input_is_read_lazily(rt):
     assert len(taken) <= 10 * 4  # the window, and the batch being cut
 
 
-def test_the_default_window_is_sixteen_batches(rt):
-    """Twice dispatch's (MAP_WINDOW): the tiny-work path keeps more batches on their way."""
+def test_the_default_window_follows_the_pool(rt):
+    """Twice the pool's capacity, at least MAP_WINDOW (16): the tiny-work path keeps
+    more batches on their way, the more its workers' queues hold."""
+    from slither._dispatch.mapping import MAP_WINDOW
+    from slither._pool.scheduler import MAX_DEPTH
+
+    list(rt.map(lambda x: x, range(64 * 100), batch_size=64))  # tiny batches: every worker's queue deepens
+    assert rt.pool().scheduler.capacity > 2 * len(rt.worker_pids())
     taken = []
     it = rt.map(lambda x: x, _counted(taken), batch_size=1)
     assert next(it) == 0
     it.close()
-    assert 16 <= len(taken) <= 18  # the window, the batch being cut, one taken after the first result
+    # The window is sized again at each take, as the workers' depths move: more than
+    # the floor, at most twice the deepest capacity (plus the batch being cut, and
+    # one taken after the first result).
+    assert MAP_WINDOW + 2 < len(taken) <= 2 * MAX_DEPTH * len(rt.worker_pids()) + 2
+    taken = []
+    it = rt.map(lambda x: x, _counted(taken), batch_size=1, max_in_flight=5)
+    assert next(it) == 0
+    it.close()
+    assert 5 <= len(taken) <= 7  # a window given is kept
 
 
 def test_top_level_map_uses_the_runtime_of_the_with_block():

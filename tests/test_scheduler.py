@@ -1,5 +1,6 @@
 """Which worker gets which task: the automatic depth (deep queues for short batches,
-two for long ones) and the invariants the scheduler keeps whatever the replies' timing."""
+two for long ones, from the run times the workers report) and the invariants the
+scheduler keeps whatever the replies' timing."""
 
 import socket
 import time
@@ -15,13 +16,10 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class Clock:
-    """Stands in for ``time`` in the scheduler: ``monotonic_ns`` is what the test says."""
+    """Stands in for ``time`` in the scheduler: ``monotonic`` is what the test says."""
 
     def __init__(self):
         self.ns = 1_000_000_000
-
-    def monotonic_ns(self):
-        return self.ns
 
     def monotonic(self):
         return self.ns / 1e9
@@ -64,40 +62,67 @@ def _scheduler(conns, depth=None):
 
 
 def _reply(s, conn, clock, run_ns):
-    """``conn`` answers its head task ``run_ns`` after its previous reply."""
+    """``conn`` answers its head task, which it says ran ``run_ns``."""
     clock.ns += run_ns
-    return s.answered(conn)
+    return s.answered(conn, run_ns)
 
 
 def test_short_batches_deepen_a_workers_queue_and_long_ones_bring_it_back(clock, make_conns):
     (conn,) = make_conns(1)
     s = _scheduler([conn])
-    for k in range(40):
+    for k in range(200):
         s.route(_task(k))
     s.pump()
     assert len(conn.inflight) == sched.DEPTH  # 2 until its batches are known to be short
     for _ in range(3):
-        _reply(s, conn, clock, 50_000)  # 50 µs batches
+        _reply(s, conn, clock, 50_000)  # 50 µs batches: 1 ms of them is 20, more than the most
         s.pump()
-    assert conn.depth == sched.DEEP and len(conn.inflight) == sched.DEEP
-    for _ in range(30):
+    assert conn.depth == sched.MAX_DEPTH and len(conn.inflight) == sched.MAX_DEPTH
+    for _ in range(40):
+        _reply(s, conn, clock, 250_000)  # 0.25 ms ones: about 1 ms is 4 of them
+        s.pump()
+    assert conn.depth == 4 and len(conn.inflight) == 4
+    for _ in range(40):
         _reply(s, conn, clock, 3_000_000)  # then 3 ms ones: the running average climbs past 0.5 ms
         s.pump()
-    assert conn.depth == sched.DEPTH and len(conn.inflight) <= sched.DEEP
+    assert conn.depth == sched.DEPTH and len(conn.inflight) == sched.DEPTH
+    assert s.capacity == sched.DEPTH
 
 
-def test_a_gap_after_the_worker_ran_dry_is_not_taken_for_a_run_time(clock, make_conns):
-    """A reply that left the worker with nothing queued: the next gap includes its idle
-    wait for work, which says nothing about how long its batches take."""
+def test_a_reply_without_a_run_time_leaves_the_depth_alone(clock, make_conns):
+    """A probe's answer, or a failed batch's, says nothing about how long batches take."""
     (conn,) = make_conns(1)
     s = _scheduler([conn])
-    s.route(_task(0))
+    for k in range(6):
+        s.route(_task(k))
     s.pump()
-    _reply(s, conn, clock, 50_000)  # first reply: nothing to compare with yet
-    s.route(_task(1))
+    _reply(s, conn, clock, 50_000)
     s.pump()
-    _reply(s, conn, clock, 10_000_000)  # it was idle for most of these 10 ms
-    assert conn.run_ns == 0 and conn.depth == sched.DEPTH
+    assert conn.depth == sched.MAX_DEPTH and len(conn.inflight) == 5
+    s.answered(conn, 0)
+    s.answered(conn, 0)
+    assert conn.run_ns == 50_000 and conn.depth == sched.MAX_DEPTH and s.capacity == sched.MAX_DEPTH
+
+
+def test_a_worker_with_a_budget_is_given_no_more_than_it(clock, make_conns):
+    """max_batches: however deep its queue, a worker gets its budget of tasks and no more."""
+    a, b = make_conns(2)
+    s = _scheduler([a, b])
+    a.budget = 3
+    for k in range(40):
+        s.route(_task(k))
+    s.pump()
+    sent_to_a = []
+    for _ in range(6):
+        sent_to_a += [t.ref for t in a.sendq]
+        a.sendq.clear()
+        if a.inflight:
+            _reply(s, a, clock, 20_000)  # tiny: its depth would be 16
+        _reply(s, b, clock, 20_000)
+        s.pump()
+    sent_to_a += [t.ref for t in a.sendq]
+    assert len(sent_to_a) == 3 and a.budget == 0 and not a.inflight
+    assert b.depth == sched.MAX_DEPTH and len(b.inflight) == sched.MAX_DEPTH  # the other takes the rest
 
 
 def test_an_explicit_depth_never_changes(clock, make_conns):
@@ -120,6 +145,7 @@ def test_an_explicit_depth_never_changes(clock, make_conns):
         st.one_of(
             st.tuples(st.just("submit"), st.integers(1, 6)),
             st.tuples(st.just("reply"), st.integers(0, 3), st.integers(1_000, 5_000_000)),
+            st.tuples(st.just("replace"), st.integers(0, 3)),
         ),
         max_size=80,
     ),
@@ -138,14 +164,23 @@ def test_no_worker_is_overfilled_and_none_has_room_while_tasks_wait(workers, ste
                     s.route(_task(k))
                     submitted.append(k)
                     k += 1
+            elif step[0] == "replace":  # the worker dies: its head fails, the rest go back to the queue
+                i = step[1] % workers
+                head, _pinned = s.remove(conns[i])
+                if head is not None:
+                    answered.append(head.ref)
+                conns[i] = _conns(1, socks)[0]
+                conns[i].index = i
+                s.add(conns[i])
             else:
                 conn = conns[step[1] % workers]
                 if conn.inflight:
                     answered.append(_reply(s, conn, clock, step[2]).ref)
             s.pump()
+            assert s.capacity == sum(c.depth for c in s.workers.values())
             for c in conns:
-                assert c.depth in (sched.DEPTH, sched.DEEP)
-                assert len(c.inflight) <= sched.DEEP  # more than its depth only just after the depth fell
+                assert sched.DEPTH <= c.depth <= sched.MAX_DEPTH
+                assert len(c.inflight) <= sched.MAX_DEPTH  # more than its depth only just after the depth fell
                 if s.pending:
                     assert len(c.inflight) >= c.depth  # a task waits only while every worker is full
         held = [t.ref for c in conns for t in c.inflight]
@@ -160,6 +195,6 @@ def test_no_worker_is_overfilled_and_none_has_room_while_tasks_wait(workers, ste
 def test_real_workers_get_deep_queues_for_tiny_batches_and_two_for_slow_ones(rt):
     list(rt.map(lambda x: x + 1, range(64 * 200), batch_size=64))
     conns = list(rt.pool().scheduler.workers.values())
-    assert [c.depth for c in conns] == [sched.DEEP] * len(conns)
+    assert [c.depth for c in conns] == [sched.MAX_DEPTH] * len(conns)
     list(rt.map(lambda x: time.sleep(0.003) or x, range(24), batch_size=1))
     assert [c.depth for c in rt.pool().scheduler.workers.values()] == [sched.DEPTH] * len(conns)

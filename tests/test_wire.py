@@ -158,7 +158,7 @@ def test_small_frames_read_with_the_end_of_a_large_one_are_handled():
     from slither._pool.receiver import BULK, Receiver
     from slither._pool.task import WorkerConn
 
-    frames = [("ok", 1, [b"x" * (8 * BULK)])] + [("ok", k, [k]) for k in range(2, 6)]
+    frames = [("ok", 1, [b"x" * (8 * BULK)], 0)] + [("ok", k, [k], 0) for k in range(2, 6)]
     blob = b"".join(b"".join(_wire.dumps(f)) for f in frames)  # as a worker answering back to back
     pool = _Pool(expect=len(frames))
     rx = Receiver(pool)

@@ -1,6 +1,7 @@
 """PoolSpec(setup=, teardown=, max_batches=, max_rss=): per-worker state, recycling, and
 a setup that fails surfacing as PoolDown with its cause instead of a silent restart loop."""
 
+import collections
 import itertools
 import os
 import signal
@@ -73,6 +74,16 @@ def test_max_batches_recycles_workers_losing_nothing(tmp_path):
     torn_down = {int(name.split("-")[1]) for name in _marks(d)}
     assert recycled <= torn_down  # every recycled worker tore down
     assert len(torn_down) == len({pid for _, pid in out} | torn_down)  # and so did the last ones, at shutdown
+
+
+def test_max_batches_is_exact_however_deep_the_queues():
+    """Tiny batches deepen a worker's queue to 16; it is still given max_batches of
+    them in its life, not that many plus what it held when it reached the count."""
+    with slither.Runtime(pools={"default": PoolSpec(size=1, max_batches=5, max_restarts=0)}) as rt:
+        pids = list(rt.map(lambda x: os.getpid(), range(40), batch_size=1))
+        assert rt.pool().crashes == 0 and rt.pool().down is None
+    counts = collections.Counter(pids)
+    assert list(counts.values()) == [5] * 8, counts
 
 
 _kept: list = []  # what _leak_40mb keeps, in the worker that ran it

@@ -12,7 +12,9 @@ Tunables and their trade-offs:
 * ``batch_size`` (FixedBatch): larger batches amortise the per-batch cost
   (~tens of µs here) but coarsen load balancing, retries and timeouts.
 * ``max_in_flight``: how much input is read ahead. It bounds memory; it
-  should be at least ``2 × workers`` to keep every worker fed.
+  should be at least ``2 × workers`` to keep every worker fed. Unless given,
+  ``dispatch`` and ``map`` size it from the pool (twice the sum of its
+  workers' depths, at least 8 and 16); ``dispatch_stream`` reads 8 ahead.
 * ``timeout``: per batch, counted from when the batch starts on a worker
   (None by default). A late batch's worker is SIGKILLed and replaced.
 * ``on_error``: "halt" | "skip" | ``Retry(...)`` | ``Route(fn)``.

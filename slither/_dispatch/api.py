@@ -83,8 +83,14 @@ class _Collecting(_Dispatch):
 
 
 def collecting(items: Iterable, fn=None, **opts) -> _Dispatch:
-    """A dispatch for :func:`collect` (options already checked by the caller's name)."""
-    return _Collecting(items, fn, **opts)
+    """A dispatch for :func:`collect` (options already checked by the caller's name).
+    Without ``max_in_flight`` its window follows the pool (twice its capacity, at
+    least 8): the caller takes nothing before the end, so a deeper read-ahead costs
+    no laziness it could see, and keeps tiny batches' workers from running dry."""
+    run = _Collecting(items, fn, **opts)
+    if "max_in_flight" not in opts:
+        run.window_floor = run.max_in_flight
+    return run
 
 
 def collect(run: _Dispatch) -> ItemList:

@@ -123,6 +123,9 @@ class _Dispatch:
         self._turn: threading.Lock | None = None  # wakeable: held by whoever runs the loop's steps
         self._w: _Window | None = None  # wakeable: the window, for wake() to take input into
         self._woke_error: BaseException | None = None  # what a take in wake() raised, for the loop to raise
+        # Set by the calls whose default window follows the pool (dispatch, map): the
+        # window is then twice the pool's capacity, and never below this.
+        self.window_floor: int | None = None
         self._auto = self.strategy if type(self.strategy) is AutoBatch else None
         self._last_reply: dict = {}  # worker pid -> when its last reply came (AutoBatch)
 
@@ -323,6 +326,11 @@ class _Dispatch:
     def _take(self, w: _Window) -> None:
         """Fill the window from the input, submitting each batch taken."""
         w.idle = False
+        if self.window_floor is not None and self.pool is not None:
+            # Twice the sum of the workers' depths: with "preserve", the batches one worker
+            # has finished while it waits for another's earlier ones hold window slots
+            # too, and a window only as large as the workers' queues left them half full.
+            self.max_in_flight = max(self.window_floor, 2 * self.pool.scheduler.capacity)
         fixed = type(self.strategy) in (FixedBatch, AutoBatch)
         while not w.exhausted and w.count < self.max_in_flight:
             self.in_flight = w.count - len(w.ready)

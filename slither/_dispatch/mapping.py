@@ -2,8 +2,10 @@
 
 The same engine as ``dispatch`` (window, retries, timeouts, crash isolation),
 with no ``Item`` built for a result: each batch's list of values is handed
-out as the worker sent it. Its window is 16 batches by default
-(``MAP_WINDOW``). ``fn`` is applied to each input, as with
+out as the worker sent it. Its window follows the pool unless
+``max_in_flight`` is given: twice the pool's capacity (the sum of its
+workers' depths, which grow while batches are tiny: see
+``slither._pool.scheduler``), and at least ``MAP_WINDOW`` (16) batches. ``fn`` is applied to each input, as with
 ``multiprocessing.Pool.imap``; a failing input fails its batch, and the
 batch's policy applies (under ``"skip"`` every input of that batch is a
 :class:`Skipped`: use a smaller ``batch_size`` to confine a failure).
@@ -56,9 +58,8 @@ class _MapRun(_Dispatch):
         return [Skipped(exc, i.meta.get("attempts", b.attempts)) if i.meta.get("skipped") else i.payload for i in out]
 
 
-# map's default window: twice dispatch's. Tiny batches keep each worker's queue deep
-# (see slither._pool.scheduler) and a reserve of packed batches in the pool's queue
-# beside it, so a reply is answered with a batch ready to send.
+# map's smallest default window: twice dispatch's fixed one, so that a reply is
+# answered with a batch already packed.
 MAP_WINDOW = 16
 
 
@@ -70,5 +71,9 @@ def map_values(fn, iterable: Iterable, *, runtime=None, **opts) -> Iterator:
         resolve_fn(fn)  # a missing module or function fails here, before any work
     if "executor" in opts:
         raise ConfigurationError("map: executor= is not supported; use dispatch() with an executor")
+    follows = "max_in_flight" not in opts
     opts.setdefault("max_in_flight", MAP_WINDOW)
-    return _Stream(_MapRun(iterable, functools.partial(_worker.apply_each, fn), runtime=runtime, **known_options("map", opts)))
+    run = _MapRun(iterable, functools.partial(_worker.apply_each, fn), runtime=runtime, **known_options("map", opts))
+    if follows:
+        run.window_floor = MAP_WINDOW
+    return _Stream(run)

@@ -160,6 +160,7 @@ class Pool:
             restarted = conn.index in self.seen and conn.index not in self._recycled
             self._recycled.discard(conn.index)
             self.seen.add(conn.index)
+            conn.budget = self.max_batches
             old = self.scheduler.add(conn)
             if old is not None and old.alive:
                 _kill_conn(old)  # a replacement arrived before the old socket's EOF: the old one is dead
@@ -251,7 +252,7 @@ class Pool:
         """A reply to ``conn``'s head task: pump the queue (the connections given tasks go
         on ``touched``, for the caller to flush), then run the task's callback."""
         with self.lock:
-            task = self.scheduler.answered(conn)
+            task = self.scheduler.answered(conn, msg[3] if msg[0] == _protocol.OK else 0)
             if task.ref != msg[1]:  # pragma: no cover - protocol invariant
                 logger.error("pool {!r}: reply for {} while {} was head", self.name, msg[1], task.ref)
             if self.max_batches is not None or conn.recycling:

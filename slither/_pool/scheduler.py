@@ -6,15 +6,20 @@ sends what it assigned afterwards (see ``Sender``).
   queued in its socket, so it never idles waiting for a round trip. Only the
   head task has started; when a worker dies the head fails (crashed or timed
   out) and the others go back to the front of the queue untouched.
-* The depth is the pool's ``depth`` when set; by default (None) it is 2, and
-  ``DEEP`` while the worker's recent batches each take under ``SHORT_NS``.
-  A batch that short is over before the caller has read its reply and sent
-  another: two queued would leave the worker waiting on the caller, asleep,
-  and the caller's every send would have to wake it. Longer batches keep 2:
-  a deeper queue would only leave more batches behind one worker at the end
-  of a dispatch while another idles.
+* The depth is the pool's ``depth`` when set. By default (None) it follows
+  how long the worker says its recent batches ran: enough of them for about
+  ``QUEUE_NS`` (1 ms) of its work, at least ``DEPTH`` (2) and at most
+  ``MAX_DEPTH`` (16). A tiny batch is over before the caller has read its
+  reply and sent another: with too few queued, the worker runs dry and sleeps,
+  and the caller's next send must wake it. Bounding the queue by time, not by
+  count, bounds what the end of a dispatch can leave queued behind one worker
+  while another idles: about 1 ms of work, or two long batches.
+* ``capacity`` is the sum of the connected workers' depths: ``map`` and
+  ``dispatch`` size their default windows from it (see ``_Dispatch._take``).
 * A task goes to the least-loaded worker with room: it never queues behind a
   running batch while another worker is idle. Ties go round the workers.
+* A worker with a ``budget`` (``max_batches``) is given no more tasks than
+  that in its life, however deep its queue: it is recycled after exactly that.
 * A task's deadline is set when it becomes its worker's head.
 """
 
@@ -27,9 +32,9 @@ from collections.abc import Callable
 from slither._pool.task import Task, WorkerConn
 from slither.errors import WorkerCrashed
 
-DEPTH = 2  # tasks a worker holds (automatic depth: while its batches are long)
-DEEP = 4  # ... while they are short
-SHORT_NS = 500_000  # a batch shorter than this (its worker's running average) is short
+DEPTH = 2  # the fewest tasks a worker holds with the automatic depth (its batches are long)
+MAX_DEPTH = 16  # the most (its batches are tiny)
+QUEUE_NS = 1_000_000  # automatic depth: about this much of a worker's recent work queued on it
 
 
 class Scheduler:
@@ -39,6 +44,7 @@ class Scheduler:
         self.depth = DEPTH if depth is None else depth
         self.pending: deque[Task] = deque()
         self.workers: dict[int, WorkerConn] = {}  # index -> connection, the workers that take tasks
+        self.capacity = 0  # the sum of self.workers' depths
         self.sessions: dict[str, int] = {}  # session id -> worker index
         self._on_deadline = on_deadline  # the timer must look at this deadline
         self._rr = 0
@@ -82,13 +88,13 @@ class Scheduler:
         while progress:
             progress = False
             for conn in conns:  # tasks bound to a worker (session affinity, probes)
-                while conn.private and len(conn.inflight) < conn.depth:
+                while conn.private and len(conn.inflight) < conn.depth and conn.budget != 0:
                     self._assign(conn, conn.private.popleft(), touched)
             while pending:
                 conn, load = None, None
                 for c in conns:  # the least loaded worker with room
                     n = len(c.inflight)
-                    if n < c.depth and (load is None or n < load):
+                    if n < c.depth and (load is None or n < load) and c.budget != 0:
                         conn, load = c, n
                         if n == 0:
                             break
@@ -110,23 +116,27 @@ class Scheduler:
         if not conn.inflight and task.timeout:
             task.deadline = time.monotonic() + task.timeout
             self._on_deadline(task.deadline)
+        if conn.budget is not None:
+            conn.budget -= 1
         conn.inflight.append(task)
         conn.sendq.append(task)
         if conn not in touched:
             touched.append(conn)
 
-    def answered(self, conn: WorkerConn) -> Task:
-        """``conn``'s head task got its reply: take it off; the next one's clock starts
-        (and, with the automatic depth, the worker's depth follows its run time)."""
+    def answered(self, conn: WorkerConn, run_ns: int = 0) -> Task:
+        """``conn``'s head task got its reply: take it off; the next one's clock starts.
+        With the automatic depth, the worker's depth follows ``run_ns``, how long the
+        worker says the batch ran (0: not a batch, or it failed)."""
         task = conn.inflight.popleft()
-        if self.auto:
-            now = time.monotonic_ns()
-            if conn.queued:  # it began this task as it answered the last one: the gap is its run
-                gap = now - conn.last_reply
-                conn.run_ns = gap if not conn.run_ns else conn.run_ns + (gap - conn.run_ns) // 8
-                conn.depth = DEEP if conn.run_ns < SHORT_NS else DEPTH
-            conn.last_reply = now
-            conn.queued = bool(conn.inflight)
+        if self.auto and run_ns > 0:
+            # Measured in the worker: a gap between replies seen here would also count
+            # the worker's idle waits and this process's own delays in reading them.
+            conn.run_ns = run_ns if not conn.run_ns else conn.run_ns + (run_ns - conn.run_ns) // 8
+            depth = min(MAX_DEPTH, max(DEPTH, QUEUE_NS // max(conn.run_ns, 1)))
+            if depth != conn.depth:
+                if self.workers.get(conn.index) is conn:
+                    self.capacity += depth - conn.depth
+                conn.depth = depth
         if conn.inflight:
             head = conn.inflight[0]
             if head.timeout:
@@ -137,8 +147,11 @@ class Scheduler:
     def add(self, conn: WorkerConn) -> WorkerConn | None:
         """A worker connected; the connection it replaces, if that one is still here."""
         old = self.workers.get(conn.index)
+        if old is not None:
+            self.capacity -= old.depth
         conn.depth = self.depth
         self.workers[conn.index] = conn
+        self.capacity += conn.depth
         self._gen += 1
         return old
 
@@ -146,6 +159,7 @@ class Scheduler:
         """Give ``conn`` no more tasks (it is dying or dead); what it holds stays on it."""
         if self.workers.get(conn.index) is conn:
             del self.workers[conn.index]
+            self.capacity -= conn.depth
             self._gen += 1
         for sess in conn.sessions:
             if self.sessions.get(sess) == conn.index:

@@ -85,8 +85,7 @@ class WorkerConn:
         "recycling",
         "depth",
         "run_ns",
-        "last_reply",
-        "queued",
+        "budget",
     )
 
     def __init__(self, pool, index, pid, sock, remote: bool = False):
@@ -109,9 +108,8 @@ class WorkerConn:
         self.retiring = False  # told to recycle or stop: its end is no crash
         self.recycling = False  # max_batches reached or above max_rss: recycled once it holds no task
         self.depth = 2  # tasks it may hold at once (see slither._pool.scheduler)
-        self.run_ns = 0  # running average of its batches' run time (automatic depth)
-        self.last_reply = 0  # monotonic_ns of its last reply
-        self.queued = False  # it held a task behind the one it last answered
+        self.run_ns = 0  # running average of its batches' run time, as it reports them (automatic depth)
+        self.budget: int | None = None  # tasks it may still be given (max_batches); None: no end
 
 
 def _kill_conn(conn: WorkerConn) -> None:

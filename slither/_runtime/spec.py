@@ -35,10 +35,10 @@ class PoolSpec:
             this); a batch that exceeds it fails (``MemoryError`` as a
             ``WorkerError``, or a crash) and the pool carries on.
         depth: batches handed to one worker at a time (1 running + queued).
-            None (the default): 2, and 4 while the worker's batches take under
-            0.5 ms each (the round trip, not the work, is then what it waits
-            on). An int fixes it: 2 hides the round trip; 1 gives strictly one
-            batch per worker.
+            None (the default): about 1 ms of the worker's recent batches,
+            at least 2 and at most 16 (for tiny batches the round trip, not
+            the work, is what it would wait on). An int fixes it: 2 hides the
+            round trip; 1 gives strictly one batch per worker.
         where: capabilities the workers' host must offer, for a runtime that
             leads a convention (``{"node": "gpu-1"}``, ``{"gpu": "1"}``);
             Thespian creates the workers on a matching member. A list of
