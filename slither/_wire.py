@@ -25,6 +25,7 @@ from slither import _pickle
 _HEAD = struct.Struct("!QI")
 _LEN = struct.Struct("!Q")
 _SMALL = 256 * 1024
+LARGE = object()  # Reader.recv(large=n): the frame has more than n bytes still to come
 
 
 class UnpicklingFailed(Exception):
@@ -171,10 +172,17 @@ class Reader:
             total += sum(_LEN.unpack_from(self.buf, self.start + _HEAD.size + _LEN.size * i)[0] for i in range(nbufs))
         return max(0, total - (self.end - self.start))
 
-    def recv(self):
-        """Receive one frame and unpickle it. Raises EOFError when the peer closed."""
+    def recv(self, large: int | None = None):
+        """Receive one frame and unpickle it. Raises EOFError when the peer closed.
+
+        With ``large``: ``LARGE``, and nothing consumed, when more than ``large``
+        bytes of the frame are still to come (see :meth:`unread`). A frame
+        already whole in the buffer (the usual one) is not measured first.
+        """
         self._fill(_HEAD.size)
         mlen, nbufs = _HEAD.unpack_from(self.buf, self.start)
+        if large is not None and (nbufs or _HEAD.size + mlen > self.end - self.start) and self.unread() > large:
+            return LARGE
         self.start += _HEAD.size
         lens = []
         for _ in range(nbufs):

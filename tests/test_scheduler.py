@@ -161,9 +161,12 @@ def test_no_worker_is_overfilled_and_none_has_room_while_tasks_wait(workers, ste
         for step in steps:
             if step[0] == "submit":
                 for _ in range(step[1]):
+                    behind = bool(s.pending)
                     s.route(_task(k))
                     submitted.append(k)
                     k += 1
+                    if not behind:  # as Pool.submit: a task queued behind others is not pumped
+                        s.pump()
             elif step[0] == "replace":  # the worker dies: its head fails, the rest go back to the queue
                 i = step[1] % workers
                 head, _pinned = s.remove(conns[i])
@@ -176,7 +179,8 @@ def test_no_worker_is_overfilled_and_none_has_room_while_tasks_wait(workers, ste
                 conn = conns[step[1] % workers]
                 if conn.inflight:
                     answered.append(_reply(s, conn, clock, step[2]).ref)
-            s.pump()
+            if step[0] != "submit":
+                s.pump()
             assert s.capacity == sum(c.depth for c in s.workers.values())
             for c in conns:
                 assert sched.DEPTH <= c.depth <= sched.MAX_DEPTH

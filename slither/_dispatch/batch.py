@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import itertools
 import pickle
-from itertools import repeat
 
 from slither import _pickle, _protocol, _wire
-from slither._item import _EMPTY, Item, _ItemSlots, _make, _next_ids
+from slither._item import Item, _Fresh, _next_ids
 from slither.errors import SerializationError
 
 
@@ -40,7 +39,7 @@ class _Batch:
     @property
     def items(self) -> list[Item]:
         if self._items is None:
-            self._items = list(map(_ItemSlots, self.ids, self.payloads, repeat(_EMPTY), repeat("default")))
+            self._items = list(map(_Fresh, self.ids, self.payloads))
         return self._items
 
     def __len__(self) -> int:
@@ -69,7 +68,11 @@ def wrapped(items):
         if i is None:
             ids = iter(_next_ids(1024))
             i = next(ids)
-        yield _make(Item, i, x, _EMPTY, "default")
+        yield _Fresh(i, x)
+
+
+_PLAIN: set = set()  # payload types seen in an input that are no Item (at most _PLAIN_MAX)
+_PLAIN_MAX = 256
 
 
 def fixed_batches(items, size: int, sizer=None):
@@ -81,11 +84,15 @@ def fixed_batches(items, size: int, sizer=None):
         if not chunk:
             return
         ids = _next_ids(len(chunk))
-        if not any(issubclass(t, Item) for t in set(map(type, chunk))):  # C-speed scan: usually one type
-            yield _RawChunk(ids, chunk)
-            continue
-        ids = iter(ids)
-        yield [x if isinstance(x, Item) else _ItemSlots(next(ids), x, _EMPTY, "default") for x in chunk]
+        types = set(map(type, chunk))  # C-speed scan: usually one type
+        if not types <= _PLAIN:
+            if any(issubclass(t, Item) for t in types):
+                ids = iter(ids)
+                yield [x if isinstance(x, Item) else _Fresh(next(ids), x) for x in chunk]
+                continue
+            if len(_PLAIN) < _PLAIN_MAX:
+                _PLAIN.update(types)
+        yield _RawChunk(ids, chunk)
 
 
 def bad_item(b: _Batch, k: int, why: str) -> SerializationError:

@@ -18,9 +18,8 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Iterator, Sequence
-from itertools import repeat
 
-from slither._item import _EMPTY, Item, _ItemSlots
+from slither._item import Item, _Fresh
 
 
 class Columns:
@@ -36,10 +35,10 @@ class Columns:
         return len(self.values)
 
     def __iter__(self) -> Iterator[Item]:
-        return map(_ItemSlots, self.ids, self.values, repeat(_EMPTY), repeat("default"))
+        return map(_Fresh, self.ids, self.values)
 
     def item(self, k: int) -> Item:
-        return _ItemSlots(self.ids[k], self.values[k], _EMPTY, "default")
+        return _Fresh(self.ids[k], self.values[k])
 
 
 class ItemList(Sequence):

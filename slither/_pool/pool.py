@@ -126,7 +126,10 @@ class Pool:
                 raise RuntimeNotStarted(f"pool {self.name!r} is shut down")
             if self.down is not None:
                 raise self.down_error()
+            behind = task.pinned is None and task.session is None and bool(self.scheduler.pending)
             self.scheduler.route(task)
+            if behind:
+                return  # every worker is full while tasks wait (see Scheduler.pump): it waits too
             touched = self.scheduler.pump()
         self.sender.flush(touched)
 
@@ -257,7 +260,7 @@ class Pool:
                 logger.error("pool {!r}: reply for {} while {} was head", self.name, msg[1], task.ref)
             if self.max_batches is not None or conn.recycling:
                 retire.count(self, conn, touched)
-            touched += [c for c in self.scheduler.pump() if c not in touched]
+            self.scheduler.pump(touched)
         kind = msg[0]
         if kind == _protocol.OK:
             result, error = msg[2], None

@@ -182,14 +182,14 @@ class Receiver:
         reader = conn.reader
         try:
             while True:
-                if reader.unread() > BULK:
-                    self._to_bulk(conn)  # a large frame: its own thread reads it
-                    return
                 try:
-                    msg = reader.recv()  # blocks only for the rest of a frame on its way
+                    msg = reader.recv(BULK)  # blocks only for the rest of a small frame on its way
                 except _wire.UnpicklingFailed as failed:
                     self.pool._unreadable(conn, failed, touched)
                 else:
+                    if msg is _wire.LARGE:
+                        self._to_bulk(conn)  # a large frame: its own thread reads it
+                        return
                     self.pool._handle(conn, msg, touched)
                 if reader.start == reader.end:
                     return

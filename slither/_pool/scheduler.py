@@ -72,9 +72,15 @@ class Scheduler:
                 return
         self.pending.append(task)
 
-    def pump(self) -> list[WorkerConn]:
-        """Hand queued tasks to workers with room; the connections that got tasks (to send)."""
-        touched: list[WorkerConn] = []
+    def pump(self, touched: list[WorkerConn] | None = None) -> list[WorkerConn]:
+        """Hand queued tasks to workers with room; the connections that got tasks (to
+        send), added to ``touched`` when given.
+
+        Afterwards a task waits in ``pending`` only while every worker is full, and
+        that stays true until the next pump (the pool pumps after every change of a
+        worker's load or depth): a task queued behind others needs no pump."""
+        if touched is None:
+            touched = []
         if not self.workers:
             return touched
         if self._rot_gen != self._gen:  # the workers changed: their rotations, computed once
