@@ -37,6 +37,12 @@ def _freeze(mapping: Mapping | None) -> Mapping:
 
 _set = object.__setattr__
 
+# Item.__reduce__ sets ``pickled_item.flag`` on the thread pickling: how a dispatch
+# learns that a chunk of its input held Items without scanning every chunk for them
+# (see slither._dispatch.batch). ``opaque_items``: a subclass pickles without it.
+pickled_item = threading.local()
+opaque_items = False
+
 
 class _ItemSlots:
     """The storage of :class:`Item`, with a plain (fast) ``__init__``.
@@ -125,7 +131,14 @@ class Item(_ItemSlots):
 
     def __reduce__(self):
         # MappingProxyType does not pickle; send a plain dict.
+        pickled_item.flag = True
         return (Item, (self.id, self.payload, dict(self.meta), self.route))
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__reduce__" in cls.__dict__ or "__reduce_ex__" in cls.__dict__:
+            global opaque_items
+            opaque_items = True  # its instances may pickle without a word: dispatch scans its input
 
     def __repr__(self) -> str:
         p = repr(self.payload)

@@ -418,6 +418,54 @@ def test_raw_and_wrapped_payloads_mix_and_keep_ids(rt):
     assert all(type(i) is slither.Item and not i.meta for k, i in enumerate(out) if k != 2)
 
 
+def test_an_item_inside_a_payload_is_part_of_the_payload(rt):
+    """Pickling it tells the dispatch that an Item went by; only an Item of the input
+    itself is unwrapped."""
+    inner = slither.Item(id="inner", payload=7)
+    data = [[inner], {"x": inner}, 3, slither.Item(id="top", payload=4)]
+    out = rt.dispatch(data, lambda xs: xs, batch_size=2)
+    assert [i.payload for i in out] == [[inner], {"x": inner}, 3, 4]
+    assert out[3].id == "top" and "inner" not in [i.id for i in out]
+
+
+def _opaque_item(id, payload):
+    return slither.Item(id=id, payload=payload)
+
+
+def test_items_that_pickle_without_item_reduce_are_still_found(rt, monkeypatch):
+    """A subclass with a reduce of its own, or a copyreg entry, would not say it was
+    pickled: every chunk of the input is then scanned for Items."""
+    import copyreg
+
+    import attrs
+
+    from slither import _item
+
+    monkeypatch.setattr(_item, "opaque_items", False)
+
+    @attrs.frozen
+    class Own(slither.Item):
+        def __reduce__(self):
+            return (_opaque_item, (self.id, self.payload))
+
+    assert _item.opaque_items
+    out = rt.dispatch([1, Own(id="own", payload=2), 3], lambda xs: [x * 10 for x in xs], batch_size=3)
+    assert [i.payload for i in out] == [10, 20, 30] and out[1].id == "own"
+
+    monkeypatch.setattr(_item, "opaque_items", False)
+
+    @attrs.frozen
+    class Registered(slither.Item):
+        pass
+
+    copyreg.pickle(Registered, lambda i: (_opaque_item, (i.id, i.payload)))
+    try:
+        out = rt.dispatch([Registered(id="reg", payload=5), 6], lambda xs: [x + 1 for x in xs])
+        assert [(i.id, i.payload) for i in out][0] == ("reg", 6) and out[1].payload == 7
+    finally:
+        del copyreg.dispatch_table[Registered]
+
+
 def test_a_failed_raw_batch_reports_the_ids_its_results_would_have_had(rt):
     fn = crash_when(lambda xs: xs, lambda x: x == 6)
     out = rt.dispatch(range(8), fn, batch_size=4, on_error="skip")

@@ -3,14 +3,23 @@
 A batch cut from raw payloads (the common case) keeps the payloads and a
 range of fresh ids, and builds its input Items only if something needs them
 (a failure policy, an executor): the result Items carry the same ids.
+
+Whether a chunk of the input holds Items is found while it is pickled, not by
+a scan before (20 ns an input, the largest cost of cutting a batch): pickling
+an Item goes through ``Item.__reduce__``, which notes it (see
+``slither._item.pickled_item``). Only then is the chunk looked at, and made a
+batch of Items if it holds some. Where an Item could pickle without that
+(a subclass with a reduce of its own, a ``copyreg`` entry), every chunk is
+scanned, as before.
 """
 
 from __future__ import annotations
 
+import copyreg
 import itertools
 import pickle
 
-from slither import _pickle, _protocol, _wire
+from slither import _item, _pickle, _protocol, _wire
 from slither._item import Item, _Fresh, _next_ids
 from slither.errors import SerializationError
 
@@ -39,11 +48,21 @@ class _Batch:
     @property
     def items(self) -> list[Item]:
         if self._items is None:
-            self._items = list(map(_Fresh, self.ids, self.payloads))
+            self._items = _as_items(self.ids, self.payloads)
         return self._items
+
+    def hold_items(self) -> None:
+        """The payloads held Items after all (found when pickled): make it a batch of Items."""
+        self._items = _as_items(self.ids, self.payloads)
+        self.ids = self.payloads = None
 
     def __len__(self) -> int:
         return len(self.payloads) if self._items is None else len(self._items)
+
+
+def _as_items(ids, payloads: list) -> list[Item]:
+    """A raw chunk as Items: an Item of the input is itself, a payload gets its fresh id."""
+    return [x if isinstance(x, Item) else _Fresh(i, x) for i, x in zip(ids, payloads)]
 
 
 class _RawChunk:
@@ -71,28 +90,16 @@ def wrapped(items):
         yield _Fresh(i, x)
 
 
-_PLAIN: set = set()  # payload types seen in an input that are no Item (at most _PLAIN_MAX)
-_PLAIN_MAX = 256
-
-
 def fixed_batches(items, size: int, sizer=None):
-    """FixedBatch over the input (the hot path): a chunk of payloads stays unwrapped.
-    With ``sizer`` (an AutoBatch) each chunk takes its current size."""
+    """FixedBatch over the input (the hot path): each chunk as it is, not looked at
+    (the packer finds Items among it). With ``sizer`` (an AutoBatch) each chunk takes
+    its current size."""
     it = iter(items)
     while True:
         chunk = list(itertools.islice(it, size if sizer is None else sizer.size))
         if not chunk:
             return
-        ids = _next_ids(len(chunk))
-        types = set(map(type, chunk))  # C-speed scan: usually one type
-        if not types <= _PLAIN:
-            if any(issubclass(t, Item) for t in types):
-                ids = iter(ids)
-                yield [x if isinstance(x, Item) else _Fresh(next(ids), x) for x in chunk]
-                continue
-            if len(_PLAIN) < _PLAIN_MAX:
-                _PLAIN.update(types)
-        yield _RawChunk(ids, chunk)
+        yield _RawChunk(_next_ids(len(chunk)), chunk)
 
 
 def bad_item(b: _Batch, k: int, why: str) -> SerializationError:
@@ -107,17 +114,34 @@ class Packer:
     """Pickles a dispatch's batches into frames: with the C pickler while it can, by
     value (cloudpickle) for the rest of the dispatch once a batch needed it."""
 
-    __slots__ = ("fn_key", "ctx", "_ctx_blob", "by_value")
+    __slots__ = ("fn_key", "ctx", "_ctx_blob", "by_value", "scan")
 
     def __init__(self, fn_key, ctx):
         self.fn_key = fn_key
         self.ctx = ctx
         self._ctx_blob: bytes | None = None
         self.by_value = False
+        # An Item that may pickle without Item.__reduce__: raw chunks are scanned instead.
+        self.scan = _item.opaque_items or any(isinstance(t, type) and issubclass(t, Item) for t in copyreg.dispatch_table)
 
     def pack(self, b: _Batch, ref: int) -> list:
         """The frame of ``b``. Raises ``SerializationError`` naming the item that cannot be pickled."""
-        payloads = b.payloads if b.payloads is not None else [i.payload for i in b.items]
+        if b.payloads is None:
+            return self._pack(b, ref, [i.payload for i in b.items])
+        if self.scan:
+            if any(isinstance(x, Item) for x in b.payloads):
+                b.hold_items()
+                return self._pack(b, ref, [i.payload for i in b.items])
+            return self._pack(b, ref, b.payloads)
+        seen = _item.pickled_item
+        seen.flag = False
+        chunks = self._pack(b, ref, b.payloads)
+        if seen.flag and any(isinstance(x, Item) for x in b.payloads):  # not only an Item inside a payload
+            b.hold_items()
+            return self._pack(b, ref, [i.payload for i in b.items])
+        return chunks
+
+    def _pack(self, b: _Batch, ref: int, payloads: list) -> list:
         if self._ctx_blob is None:  # the Context is the same for every batch: pickled once
             try:
                 self._ctx_blob = pickle.dumps(self.ctx, protocol=5)
