@@ -90,16 +90,24 @@ def wrapped(items):
         yield _Fresh(i, x)
 
 
+_ID_BLOCK = 4096  # ids a dispatch takes at once (one lock), and hands out chunk after chunk
+
+
 def fixed_batches(items, size: int, sizer=None):
     """FixedBatch over the input (the hot path): each chunk as it is, not looked at
     (the packer finds Items among it). With ``sizer`` (an AutoBatch) each chunk takes
     its current size."""
     it = iter(items)
+    block = range(0)
     while True:
         chunk = list(itertools.islice(it, size if sizer is None else sizer.size))
         if not chunk:
             return
-        yield _RawChunk(_next_ids(len(chunk)), chunk)
+        n = len(chunk)
+        if len(block) < n:
+            block = _next_ids(max(n, _ID_BLOCK))  # unique, and increasing through the dispatch
+        yield _RawChunk(block[:n], chunk)
+        block = block[n:]
 
 
 def bad_item(b: _Batch, k: int, why: str) -> SerializationError:

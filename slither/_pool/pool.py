@@ -102,6 +102,10 @@ class Pool:
         """The next message on ``q`` (see :meth:`Receiver.wait`)."""
         return self.receiver.wait(q, timeout)
 
+    def ready(self, q) -> list:
+        """The messages already on ``q`` (see :meth:`Receiver.ready`)."""
+        return self.receiver.ready(q)
+
     def wake(self) -> None:
         self.receiver.wake()
 

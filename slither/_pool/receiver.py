@@ -122,6 +122,20 @@ class Receiver:
                     self._pass_on()  # a hand-over meant for us may be lost in our queue
                 return msg
 
+    def ready(self, q: queue.SimpleQueue) -> list:
+        """The messages already on ``q``, taken without waiting (none: an empty list)."""
+        out: list = []
+        dropped = False
+        while not q.empty():
+            msg = q.get()
+            if msg is _TAKE_OVER:
+                dropped = True
+            else:
+                out.append(msg)
+        if dropped and self._followers and not self._rx.locked():
+            self._pass_on()  # the reading right was handed to us, and we are not waiting: on to the next
+        return out
+
     def _pass_on(self) -> None:
         """Hand the reading right to a waiting thread (called after releasing _rx)."""
         try:

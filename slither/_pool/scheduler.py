@@ -138,7 +138,8 @@ class Scheduler:
             # Measured in the worker: a gap between replies seen here would also count
             # the worker's idle waits and this process's own delays in reading them.
             conn.run_ns = run_ns if not conn.run_ns else conn.run_ns + (run_ns - conn.run_ns) // 8
-            depth = min(MAX_DEPTH, max(DEPTH, QUEUE_NS // max(conn.run_ns, 1)))
+            fits = QUEUE_NS // conn.run_ns if conn.run_ns > 0 else MAX_DEPTH
+            depth = MAX_DEPTH if fits >= MAX_DEPTH else DEPTH if fits <= DEPTH else fits
             if depth != conn.depth:
                 if self.workers.get(conn.index) is conn:
                     self.capacity += depth - conn.depth

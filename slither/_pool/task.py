@@ -43,7 +43,7 @@ class Task:
         "pinned",
     )
 
-    def __init__(self, fn_key, fn_blob, chunks, *, ref, session=None, timeout=None, callback=None, owner=None, meta=None):
+    def __init__(self, fn_key, fn_blob, chunks, ref, session=None, timeout=None, callback=None, owner=None, meta=None):
         self.ref = ref
         self.fn_key = fn_key
         self.fn_blob = fn_blob
