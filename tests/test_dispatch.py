@@ -286,6 +286,21 @@ def test_dispatchs_default_window_follows_the_pool_and_the_streams_stays_eight(r
     assert 8 <= len(pulled) <= 8 + 2  # the window, the batch being cut, one taken after the first result
 
 
+def test_a_window_that_follows_the_pool_holds_few_large_batches(rt):
+    """The depth follows how long batches run, not their size: quick batches of 1 MB
+    deepen the queues, yet no more than WINDOW_BYTES of them (or the floor, 8) is
+    read ahead."""
+    from slither._dispatch import collect, collecting
+    from slither._dispatch.engine import WINDOW_BYTES
+
+    rt.dispatch(range(64 * 100), lambda xs: xs)
+    assert 2 * rt.pool().scheduler.capacity > 8
+    big = [bytes(1 << 20)] * 24
+    run = collecting(big, lambda xs: [len(x) for x in xs], runtime=rt, batch_size=1)
+    assert [i.payload for i in collect(run)] == [1 << 20] * 24
+    assert WINDOW_BYTES // (1 << 20) <= 8 and run.max_in_flight == 8
+
+
 def test_two_threads_dispatch_at_once(rt):
     results = {}
 

@@ -46,6 +46,8 @@ from slither._pool import Task, new_ref
 from slither.errors import BadBatchResult, BatchFailure, ConfigurationError, DispatchError, SerializationError, WorkerError
 
 _CANCELLED = object()  # put on a dispatch's queue by cancel()
+# A window that follows the pool holds at most this much of pickled batches (beyond its floor).
+WINDOW_BYTES = 8 << 20
 _START = ("slither", "dispatch", "batch", "start")
 _STOP = ("slither", "dispatch", "batch", "stop")
 _EXCEPTION = ("slither", "dispatch", "batch", "exception")
@@ -125,6 +127,7 @@ class _Dispatch:
         # Set by the calls whose default window follows the pool (dispatch, map): the
         # window is then twice the pool's capacity, and never below this.
         self.window_floor: int | None = None
+        self._frame_bytes = 0  # its largest batch's frame so far (window_floor)
         self._auto = self.strategy if type(self.strategy) is AutoBatch else None
         self._last_reply: dict = {}  # worker pid -> when its last reply came (AutoBatch)
 
@@ -156,6 +159,10 @@ class _Dispatch:
         except SerializationError as exc:
             q.put((b, None, exc, None))
             return
+        if self.window_floor is not None:
+            n = len(chunks[0]) if len(chunks) == 1 else sum(map(len, chunks))  # bytes, byte memoryviews
+            if n > self._frame_bytes:
+                self._frame_bytes = n
 
         def done(task, result, error, pid, _b=b, _q=q):
             _q.put((_b, result, error, pid))
@@ -325,7 +332,10 @@ class _Dispatch:
             # Twice the sum of the workers' depths: with "preserve", the batches one worker
             # has finished while it waits for another's earlier ones hold window slots
             # too, and a window only as large as the workers' queues left them half full.
-            self.max_in_flight = max(self.window_floor, 2 * self.pool.scheduler.capacity)
+            # No more than WINDOW_BYTES of frames as large as its largest, though (a depth
+            # follows the time a batch runs, not its size), and the floor until one is known.
+            room = WINDOW_BYTES // self._frame_bytes if self._frame_bytes else 0
+            self.max_in_flight = max(self.window_floor, min(2 * self.pool.scheduler.capacity, room))
         fixed = type(self.strategy) in (FixedBatch, AutoBatch)
         while not w.exhausted and w.count < self.max_in_flight:
             self.in_flight = w.count - len(w.ready)
