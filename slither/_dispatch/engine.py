@@ -328,14 +328,9 @@ class _Dispatch:
     def _take(self, w: _Window) -> None:
         """Fill the window from the input, submitting each batch taken."""
         w.idle = False
-        if self.window_floor is not None and self.pool is not None:
-            # Twice the sum of the workers' depths: with "preserve", the batches one worker
-            # has finished while it waits for another's earlier ones hold window slots
-            # too, and a window only as large as the workers' queues left them half full.
-            # No more than WINDOW_BYTES of frames as large as its largest, though (a depth
-            # follows the time a batch runs, not its size), and the floor until one is known.
-            room = WINDOW_BYTES // self._frame_bytes if self._frame_bytes else 0
-            self.max_in_flight = max(self.window_floor, min(2 * self.pool.scheduler.capacity, room))
+        follows = self.window_floor is not None and self.pool is not None
+        if follows:
+            self._size_window()
         fixed = type(self.strategy) in (FixedBatch, AutoBatch)
         while not w.exhausted and w.count < self.max_in_flight:
             self.in_flight = w.count - len(w.ready)
@@ -362,6 +357,18 @@ class _Dispatch:
             w.seq += 1
             w.count += 1
             self._submit(b, w.q)
+            if follows and w.seq == 1:
+                self._size_window()  # its first frame is known now
+
+    def _size_window(self) -> None:
+        """The window of a dispatch that follows the pool: twice the sum of the workers'
+        depths (with "preserve", the batches one worker finished while it waits for
+        another's earlier ones hold window slots too, and a window only as large as the
+        workers' queues left them half full). No more than WINDOW_BYTES of frames as large
+        as its largest, though (a depth follows the time a batch runs, not its size), and
+        the floor until a frame is known."""
+        room = WINDOW_BYTES // self._frame_bytes if self._frame_bytes else 0
+        self.max_in_flight = max(self.window_floor, min(2 * self.pool.scheduler.capacity, room))
 
     def _next_message(self, w: _Window):
         """The next reply for this dispatch (None after a slice of waiting), and the retries now due."""
