@@ -125,7 +125,7 @@ class _Dispatch:
         self._w: _Window | None = None  # wakeable: the window, for wake() to take input into
         self._woke_error: BaseException | None = None  # what a take in wake() raised, for the loop to raise
         # Set by the calls whose default window follows the pool (dispatch, map): the
-        # window is then twice the pool's capacity, and never below this.
+        # window is then sized by _size_window, and never below this.
         self.window_floor: int | None = None
         self._frame_bytes = 0  # its largest batch's frame so far (window_floor)
         self._auto = self.strategy if type(self.strategy) is AutoBatch else None

@@ -2,13 +2,15 @@
 
 The same engine as ``dispatch`` (window, retries, timeouts, crash isolation),
 with no ``Item`` built for a result: each batch's list of values is handed
-out as the worker sent it. Its window follows the pool unless
-``max_in_flight`` is given: twice the pool's capacity (the sum of its
-workers' depths, which grow while batches are tiny: see
-``slither._pool.scheduler``), and at least ``MAP_WINDOW`` (16) batches. ``fn`` is applied to each input, as with
-``multiprocessing.Pool.imap``; a failing input fails its batch, and the
-batch's policy applies (under ``"skip"`` every input of that batch is a
-:class:`Skipped`: use a smaller ``batch_size`` to confine a failure).
+out as the worker sent it. Unless ``max_in_flight`` is given, its window
+follows the pool: twice the pool's capacity (the sum of its workers'
+depths, which grow while batches are tiny: see ``slither._pool.scheduler``),
+at least ``MAP_WINDOW`` (16) batches, and no more than ``WINDOW_BYTES`` of
+them beyond that (see ``_Dispatch._size_window``). ``fn`` is applied to each
+input, as with ``multiprocessing.Pool.imap``; a failing input fails its
+batch, and the batch's policy applies (under ``"skip"`` every input of that
+batch is a :class:`Skipped`: use a smaller ``batch_size`` to confine a
+failure).
 """
 
 from __future__ import annotations
