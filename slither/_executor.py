@@ -8,7 +8,8 @@ changes against ``ProcessPoolExecutor``:
   (``WorkerCrashed``), never the executor (no ``BrokenProcessPool``); the
   supervisor replaces the worker;
 * ``Future.cancel()`` also works on a call that is running: the worker
-  running it is killed and replaced (only that call is lost);
+  running it is killed and replaced (only that call is lost). A call already
+  sent to a worker, waiting behind the one it runs, is skipped there;
 * ``timeout=`` bounds every call (the late worker is killed: ``BatchTimeout``);
 * lambdas and closures work (cloudpickle).
 

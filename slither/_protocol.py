@@ -17,6 +17,9 @@ Caller → worker (over the worker's socket, see ``slither._worker``)::
     ("join", path)                              also serve the dispatcher listening at path (a
                                                 DispatchRunner's hub): the worker connects there as
                                                 to its own hub, and answers that socket's batches
+    ("cancel", [ref, ...])                      batches sent on this socket that their dispatcher
+                                                gave up: one not started yet is answered
+                                                ("cancelled", ref) instead of run
 
 Worker → caller (replies keep the order of the batches)::
 
@@ -26,6 +29,7 @@ Worker → caller (replies keep the order of the batches)::
     ("bad", ref, why)                           not a list, or the wrong length
     ("ser", ref, why)                           a result could not be pickled
     ("unloadable", ref, [(position, "module.Class")], why)
+    ("cancelled", ref)                          it was cancelled before it started (see "cancel")
     ("event", event, measurements, metadata)    telemetry
     ("log", LogRecord.__dict__)                 a logging record
     ("over_rss", rss bytes)                     once, just before a batch's reply: its resident
@@ -67,6 +71,7 @@ BATCH = "batch"
 FN = "fn"
 PROBE = "probe"
 STORES = "stores"
+CANCEL = "cancel"
 
 # -- worker → caller -------------------------------------------------------------
 OK = "ok"
@@ -74,10 +79,11 @@ ERR = "err"
 BAD = "bad"
 SER = "ser"
 UNLOADABLE = "unloadable"
+CANCELLED = "cancelled"
 EVENT = "event"
 LOG = "log"
 OVER_RSS = "over_rss"
-REPLIES = frozenset({OK, ERR, BAD, SER, UNLOADABLE})
+REPLIES = frozenset({OK, ERR, BAD, SER, UNLOADABLE, CANCELLED})
 
 # -- hub greetings ---------------------------------------------------------------
 WORKER = "worker"
@@ -112,6 +118,14 @@ def fn(fn_key, blob: bytes) -> tuple:
 
 def probe(ref: int, fn_key) -> tuple:
     return (PROBE, ref, fn_key)
+
+
+def cancel(refs: list) -> tuple:
+    return (CANCEL, refs)
+
+
+def cancelled(ref: int) -> tuple:
+    return (CANCELLED, ref)
 
 
 def ok(ref: int, results, run_ns: int = 0) -> tuple:

@@ -319,18 +319,25 @@ def _tear_down(teardown) -> None:
 
 
 def _read(sock, inbox: queue.SimpleQueue, send, in_process: bool, primary: bool = True) -> None:
-    """A reader thread: frames from one dispatcher onto the inbox as ``(reply, frame)``, so
-    neither side can block the other and each batch is answered on the socket it came by."""
+    """A reader thread: frames from one dispatcher onto the inbox as ``(reply, frame,
+    cancelled)``, so neither side can block the other and each batch is answered on the
+    socket it came by. A "cancel" frame goes in ``cancelled`` (this socket's refs) at once:
+    the main thread skips those batches when their turn comes."""
     recv = _wire.Reader(sock).recv
+    cancelled: set = set()
     try:
         while True:
             try:
-                inbox.put((send, recv()))
+                msg = recv()
+                if msg[0] == _protocol.CANCEL:
+                    cancelled.update(msg[1])
+                    continue
+                inbox.put((send, msg, cancelled))
             except _wire.UnpicklingFailed as failed:
                 answer = _unloadable(failed)
                 if answer is None:
                     raise
-                inbox.put((send, answer))  # answered in turn by the main thread: replies keep the batches' order
+                inbox.put((send, answer, cancelled))  # answered in turn by the main thread: replies keep the batches' order
     except BaseException:  # noqa: BLE001 - EOF, or e.g. MemoryError while a batch hogs memory
         if not primary:
             sock.close()  # a DispatchRunner finished (or died): this worker serves on
@@ -396,7 +403,7 @@ def _loop(inbox: queue.SimpleQueue, in_process: bool, teardown=None, rss: _RssWa
             if in_process:
                 return
             os._exit(0)  # the caller went away: nothing left to serve
-        send, msg = got
+        send, msg, cancelled = got
         if msg == _protocol.RECYCLE or msg == _protocol.STOP:
             _tear_down(teardown)
             if in_process:
@@ -404,6 +411,9 @@ def _loop(inbox: queue.SimpleQueue, in_process: bool, teardown=None, rss: _RssWa
             os._exit(_protocol.EXIT_RECYCLE if msg == _protocol.RECYCLE else _protocol.EXIT_STOP)
         kind = msg[0]
         if kind == _protocol.BATCH:
+            if cancelled and _skipped(msg[1], cancelled):
+                send(_wire.dumps(_protocol.cancelled(msg[1])))
+                continue
             _run_one(msg, send, rss)
         elif kind == _protocol.FN:
             _blobs[msg[1]] = msg[2]
@@ -415,6 +425,17 @@ def _loop(inbox: queue.SimpleQueue, in_process: bool, teardown=None, rss: _RssWa
             threading.Thread(target=_join, args=(msg[1], in_process), name="slither-worker-join", daemon=True).start()
         elif kind == _protocol.UNLOADABLE:
             send(_wire.dumps(msg))
+
+
+def _skipped(ref, cancelled: set) -> bool:
+    """Whether batch ``ref`` was cancelled. A socket's batches come in increasing refs: a
+    cancelled ref below this one was running or done when its cancel came, and is dropped."""
+    if ref in cancelled:
+        cancelled.discard(ref)
+        return True
+    for r in [r for r in list(cancelled) if r < ref]:  # list(): one step, while the reader may add
+        cancelled.discard(r)
+    return False
 
 
 def run_forked(init, nanny_pid: int, fault_fd: int | None) -> None:

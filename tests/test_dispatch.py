@@ -301,6 +301,34 @@ def test_a_window_that_follows_the_pool_holds_few_large_batches(rt):
     assert WINDOW_BYTES // (1 << 20) <= 8 and run.max_in_flight == 8
 
 
+@pytest.mark.chaos
+def test_a_cancelled_dispatch_runs_none_of_the_batches_queued_behind_its_running_one(tmp_path):
+    """Cancelling kills the worker running the dispatch's batch; the batches sent behind
+    it (tiny ones: a deep queue) are not run by its replacement afterwards."""
+    marks = str(tmp_path)
+    with slither.Runtime(pools={"default": 1}) as rt:
+        list(rt.map(lambda x: x, range(64 * 40)))  # the one worker's queue deepens
+        assert rt.pool().scheduler.capacity > 2
+        with Rendezvous() as rv:
+
+            def fn(xs, d=marks, rv=rv):
+                if xs[0] == 0:
+                    rv.arrive(wait=True)
+                open(os.path.join(d, f"ran-{xs[0]}"), "w").close()
+                return xs
+
+            stream = rt.dispatch_stream(range(6), fn, batch_size=1)
+            consumer = threading.Thread(target=lambda: list(stream))
+            consumer.start()
+            rv.wait(timeout=20)
+            conn = next(iter(rt.pool().scheduler.workers.values()))
+            assert len(conn.inflight) == 6  # all sent to the worker, 0 running
+            stream.cancel()
+            consumer.join(20)
+        settle(rt)  # the replacement runs whatever it is given before this returns
+        assert os.listdir(marks) == []
+
+
 def test_two_threads_dispatch_at_once(rt):
     results = {}
 

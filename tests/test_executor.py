@@ -74,6 +74,28 @@ def test_cancel_of_a_running_call_kills_only_its_worker(rt, ex):
         assert ex.submit(os.getpid).result(20) in other + rt.worker_pids()
 
 
+def test_a_call_cancelled_while_it_waits_in_a_workers_queue_never_runs(tmp_path):
+    """Tiny calls deepen a worker's queue: a cancelled call may already be in it,
+    behind a running one. It is skipped there, and nothing is killed."""
+    marks = str(tmp_path)
+    with slither.Runtime(pools={"default": 1}) as rt, rt.executor() as ex:
+        list(ex.map(abs, range(64 * 40), chunksize=64))  # the one worker's queue deepens
+        assert rt.pool().scheduler.capacity > 2
+        pid = rt.worker_pids()[0]
+        with Rendezvous() as rv:
+            first = ex.submit(lambda rv=rv: rv.arrive(wait=True) or "first")
+            rv.wait(timeout=20)
+            queued = ex.submit(lambda d=marks: open(os.path.join(d, "ran"), "w").close())
+            conn = next(iter(rt.pool().scheduler.workers.values()))
+            assert len(conn.inflight) == 2  # sent to the worker, behind the running call
+            assert queued.cancel() and queued.cancelled()
+            rv.release()
+            assert first.result(20) == "first"
+        settle(rt)  # the worker has answered everything it was sent
+        assert os.listdir(marks) == []
+        assert rt.worker_pids() == [pid]  # skipping it killed nothing
+
+
 def test_a_call_over_the_timeout_fails_with_batch_timeout(rt):
     ex = rt.executor(timeout=0.5)
     try:

@@ -125,6 +125,20 @@ def test_a_worker_with_a_budget_is_given_no_more_than_it(clock, make_conns):
     assert b.depth == sched.MAX_DEPTH and len(b.inflight) == sched.MAX_DEPTH  # the other takes the rest
 
 
+def test_a_dead_workers_cancelled_tasks_are_not_queued_again(make_conns):
+    """Tasks its owner gave up go to the caller to fail, with the pinned ones; the others
+    it held go back to the front of the queue, in order."""
+    (conn,) = make_conns(1)
+    s = _scheduler([conn])
+    for k in range(2):
+        s.route(_task(k))
+    s.pump()
+    s.route(_task(2))
+    conn.inflight[1].cancelled = True
+    head, to_fail = s.remove(conn)
+    assert head.ref == 0 and [t.ref for t in to_fail] == [1] and [t.ref for t in s.pending] == [2]
+
+
 def test_an_explicit_depth_never_changes(clock, make_conns):
     (conn,) = make_conns(1)
     s = _scheduler([conn], depth=1)

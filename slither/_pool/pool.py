@@ -26,6 +26,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from concurrent.futures import CancelledError
 from typing import Any
 
 import attrs
@@ -144,13 +145,26 @@ class Pool:
             self.changed.notify_all()
 
     def cancel(self, owner: Any, kill_running: bool = False) -> None:
-        """Drop queued tasks of ``owner``; optionally kill workers running them."""
+        """Drop the tasks of ``owner`` not started: those still queued here, and those
+        sent to a worker behind the one it runs (the worker is told to skip them: they
+        are answered "cancelled", and are never run elsewhere if it dies). With
+        ``kill_running``, kill the workers running one of them too."""
+        touched: list[WorkerConn] = []
         with self.lock:
             self.scheduler.drop(owner)
-            if kill_running:
-                for conn in list(self.scheduler.workers.values()):
-                    if conn.inflight and conn.inflight[0].owner is owner:
-                        self._doom(conn)
+            for conn in list(self.scheduler.workers.values()):
+                mine = [t for t in conn.inflight if t.owner is owner and not t.cancelled]
+                if not mine:
+                    continue
+                for t in mine:
+                    t.cancelled = True
+                if kill_running and conn.inflight[0].owner is owner:
+                    self._doom(conn)
+                    continue
+                behind = [t.ref for t in mine if t is not conn.inflight[0]]
+                if behind:
+                    retire.send_control(self, conn, _protocol.cancel(behind), touched)
+        self.sender.flush(touched)
 
     def _doom(self, conn: WorkerConn) -> None:
         """Kill ``conn``'s worker and give it no more tasks meanwhile (holds self.lock): its
@@ -275,6 +289,8 @@ class Pool:
         elif kind == _protocol.UNLOADABLE:
             result, error = None, SerializationError(f"the worker could not unpickle the batch: {msg[3]}")
             error.unloadable = msg[2]  # [(position in the batch, "module.Class")]: see slither._dispatch
+        elif kind == _protocol.CANCELLED:
+            result, error = None, CancelledError(f"batch {msg[1]} was cancelled before worker {conn.pid} started it")
         else:
             result, error = None, SerializationError(msg[2])
         if task.callback is not None:

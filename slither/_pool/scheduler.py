@@ -173,17 +173,18 @@ class Scheduler:
                 del self.sessions[sess]
 
     def remove(self, conn: WorkerConn) -> tuple[Task | None, list[Task]]:
-        """``conn`` is gone: (its head task, its pinned tasks), both to fail; the tasks
-        it held that never started go back to the front of the queue, in order."""
+        """``conn`` is gone: (its head task, its pinned and its cancelled tasks), all to
+        fail; the other tasks it held, which never started, go back to the front of the
+        queue, in order."""
         self.retire(conn)
         conn.sendq.clear()  # every queued frame is also in inflight
         head = conn.inflight.popleft() if conn.inflight else None
         held = list(conn.inflight) + list(conn.private)
         conn.inflight.clear()
         conn.private.clear()
-        for t in reversed([t for t in held if t.pinned is None]):
+        for t in reversed([t for t in held if t.pinned is None and not t.cancelled]):
             self.pending.appendleft(t)
-        return head, [t for t in held if t.pinned is not None]
+        return head, [t for t in held if t.pinned is not None or t.cancelled]
 
     def drop(self, owner) -> None:
         """Forget the queued tasks of ``owner`` (sent ones run to their end)."""

@@ -41,6 +41,7 @@ class Task:
         "timed_out",
         "meta",
         "pinned",
+        "cancelled",
     )
 
     def __init__(self, fn_key, fn_blob, chunks, ref, session=None, timeout=None, callback=None, owner=None, meta=None):
@@ -56,6 +57,7 @@ class Task:
         self.timed_out = False
         self.meta = meta
         self.pinned = None  # a worker index this task must run on (probes)
+        self.cancelled = False  # its owner gave it up after it was sent: never run again elsewhere
 
     def __repr__(self) -> str:
         return f"<Task {self.ref}>"
