@@ -168,7 +168,8 @@ class Pool:
 
     def _doom(self, conn: WorkerConn) -> None:
         """Kill ``conn``'s worker and give it no more tasks meanwhile (holds self.lock): its
-        EOF, read later, fails its head task and puts the others back in the queue."""
+        EOF, read later, fails its head task (and the cancelled ones) and puts the others
+        back in the queue."""
         self.scheduler.retire(conn)
         _kill_conn(conn)
 
