@@ -175,11 +175,10 @@ def test_no_worker_is_overfilled_and_none_has_room_while_tasks_wait(workers, ste
         for step in steps:
             if step[0] == "submit":
                 for _ in range(step[1]):
-                    behind = bool(s.pending)
-                    s.route(_task(k))
+                    placeable = s.route(_task(k))
                     submitted.append(k)
                     k += 1
-                    if not behind:  # as Pool.submit: a task queued behind others is not pumped
+                    if placeable:  # as Pool.submit: a task queued behind others is not pumped
                         s.pump()
             elif step[0] == "replace":  # the worker dies: its head fails, the rest go back to the queue
                 i = step[1] % workers

@@ -134,20 +134,18 @@ class Packer:
 
     def pack(self, b: _Batch, ref: int) -> list:
         """The frame of ``b``. Raises ``SerializationError`` naming the item that cannot be pickled."""
-        if b.payloads is None:
-            return self._pack(b, ref, [i.payload for i in b.items])
-        if self.scan:
-            if any(isinstance(x, Item) for x in b.payloads):
-                b.hold_items()
-                return self._pack(b, ref, [i.payload for i in b.items])
-            return self._pack(b, ref, b.payloads)
-        seen = _item.pickled_item
-        seen.flag = False
-        chunks = self._pack(b, ref, b.payloads)
-        if seen.flag and any(isinstance(x, Item) for x in b.payloads):  # not only an Item inside a payload
+        if b.payloads is not None:  # a raw chunk: does it hold Items?
+            if self.scan:
+                if not any(isinstance(x, Item) for x in b.payloads):
+                    return self._pack(b, ref, b.payloads)
+            else:
+                seen = _item.pickled_item
+                seen.flag = False
+                chunks = self._pack(b, ref, b.payloads)
+                if not (seen.flag and any(isinstance(x, Item) for x in b.payloads)):  # or one inside a payload
+                    return chunks
             b.hold_items()
-            return self._pack(b, ref, [i.payload for i in b.items])
-        return chunks
+        return self._pack(b, ref, [i.payload for i in b.items])
 
     def _pack(self, b: _Batch, ref: int, payloads: list) -> list:
         if self._ctx_blob is None:  # the Context is the same for every batch: pickled once

@@ -131,10 +131,8 @@ class Pool:
                 raise RuntimeNotStarted(f"pool {self.name!r} is shut down")
             if self.down is not None:
                 raise self.down_error()
-            behind = task.pinned is None and task.session is None and bool(self.scheduler.pending)
-            self.scheduler.route(task)
-            if behind:
-                return  # every worker is full while tasks wait (see Scheduler.pump): it waits too
+            if not self.scheduler.route(task):
+                return  # it waits behind others: no worker has room
             touched = self.scheduler.pump()
         self.sender.flush(touched)
 
@@ -273,14 +271,14 @@ class Pool:
     def _complete(self, conn: WorkerConn, msg, touched: list) -> None:
         """A reply to ``conn``'s head task: pump the queue (the connections given tasks go
         on ``touched``, for the caller to flush), then run the task's callback."""
+        kind = msg[0]
         with self.lock:
-            task = self.scheduler.answered(conn, msg[3] if msg[0] == _protocol.OK else 0)
+            task = self.scheduler.answered(conn, msg[3] if kind == _protocol.OK else 0)
             if task.ref != msg[1]:  # pragma: no cover - protocol invariant
                 logger.error("pool {!r}: reply for {} while {} was head", self.name, msg[1], task.ref)
             if self.max_batches is not None or conn.recycling:
                 retire.count(self, conn, touched)
             self.scheduler.pump(touched)
-        kind = msg[0]
         if kind == _protocol.OK:
             result, error = msg[2], None
         elif kind == _protocol.ERR:

@@ -52,14 +52,16 @@ class Scheduler:
         self._rot_gen = -1
         self._rotations: list[list[WorkerConn]] = []
 
-    def route(self, task: Task) -> None:
-        """Queue ``task``: on its worker (pinned, or its session's), else on the pool's queue."""
+    def route(self, task: Task) -> bool:
+        """Queue ``task``: on its worker (pinned, or its session's), else on the pool's queue.
+        False when it queues behind other tasks waiting there: every worker is full (see
+        :meth:`pump`), and a pump now would place nothing."""
         if task.pinned is not None:
             conn = self.workers.get(task.pinned)
             if conn is None:
                 raise WorkerCrashed(f"worker {task.pinned} of pool {self.name!r} is not connected")
             conn.private.append(task)
-            return
+            return True
         if task.session is not None:
             idx = self.sessions.get(task.session)
             if idx is None and self.workers:
@@ -69,8 +71,10 @@ class Scheduler:
                 self.sessions[task.session] = idx
             if idx is not None:
                 self.workers[idx].private.append(task)
-                return
+                return True
+        behind = bool(self.pending)
         self.pending.append(task)
+        return not behind
 
     def pump(self, touched: list[WorkerConn] | None = None) -> list[WorkerConn]:
         """Hand queued tasks to workers with room; the connections that got tasks (to
